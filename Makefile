@@ -1,0 +1,39 @@
+# The two commands of README: `make run` (the whole local stack) and `make test` (the whole suite).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DJANGO_SETTINGS_MODULE := cutemarkets.settings
+
+.PHONY: run test setup system-deps migrate clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,postgres]'
+	touch $(STAMP)
+
+setup: system-deps $(STAMP)
+
+# A private redis-server is started by the stack; install it when the machine has none and REDIS_URL is unset.
+system-deps:
+	@if [ -z "$$REDIS_URL" ] && ! command -v redis-server >/dev/null; then \
+		echo "Installing redis-server with apt-get..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	fi
+
+run: setup
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python -m devstack.run
+
+test: setup
+	@if [ -n "$$REDIS_URL" ]; then \
+		DJANGO_DEBUG=1 $(BIN)/pytest $(PYTEST_ARGS); \
+	else \
+		DJANGO_DEBUG=1 $(BIN)/python -m devstack.redis_server -- $(BIN)/pytest $(PYTEST_ARGS); \
+	fi
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,194 @@
+"""API key lifecycle: generate, hash, parse, and resolve a raw key to an entitlement or a precise denial.
+
+A key reads ``cmo_<public id>_<secret>`` (``cms_`` for stocks). The public prefix ``cmo_<public id>`` identifies
+the row and is safe to show and log; leaked keys are greppable by it. Only SHA-256 of the secret is stored: a fast
+hash is right for 238 bits of randomness, and the check is hash-then-``hmac.compare_digest``, so its time does not
+depend on how much of a guess is right. Resolutions are cached in Redis (django-redis) and invalidated by
+``accounts.signals`` so that revocations and tier changes take effect at once.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import re
+import secrets
+import string
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.core.cache import cache
+from django.db.models import OuterRef, Subquery, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from accounts.models import ApiKey, Plan, Product, ProductTier
+
+ALPHABET = string.ascii_letters + string.digits
+PUBLIC_ID_LENGTH = 12
+SECRET_LENGTH = 40  # 40 symbols of 62: 238 bits of randomness.
+PRODUCT_MARKERS = {Product.STOCKS: "cms", Product.OPTIONS: "cmo"}
+MAX_KEY_LENGTH = 128
+
+KEY_PATTERN = re.compile(
+    rf"^(?P<prefix>cm[so]_[A-Za-z0-9]{{{PUBLIC_ID_LENGTH}}})_(?P<secret>[A-Za-z0-9]{{{SECRET_LENGTH}}})$"
+)
+
+CACHE_TIMEOUT_SECONDS = 300
+MISSING_CACHE_TIMEOUT_SECONDS = 60
+LAST_USED_INTERVAL_SECONDS = 60
+
+
+class DenialReason(enum.StrEnum):
+    MALFORMED = "malformed"
+    UNKNOWN = "unknown"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+    INACTIVE_USER = "inactive_user"
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedKey:
+    raw: str
+    prefix: str
+    secret_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Entitlement:
+    """What a valid key grants: whose it is, for which product, on which plan."""
+
+    user_id: int
+    key_id: int
+    key_prefix: str
+    product: str
+    plan: str
+    websocket_access: bool
+    max_subscriptions: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    reason: DenialReason
+
+
+def _random_string(length: int) -> str:
+    return "".join(secrets.choice(ALPHABET) for _ in range(length))
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("ascii")).hexdigest()
+
+
+def generate_key(product: str) -> GeneratedKey:
+    prefix = f"{PRODUCT_MARKERS[Product(product)]}_{_random_string(PUBLIC_ID_LENGTH)}"
+    secret = _random_string(SECRET_LENGTH)
+    return GeneratedKey(raw=f"{prefix}_{secret}", prefix=prefix, secret_hash=hash_secret(secret))
+
+
+def parse_key(raw: str) -> tuple[str, str] | None:
+    """Split a raw key into (prefix, secret), or None if it cannot be one of ours."""
+    if not isinstance(raw, str) or len(raw) > MAX_KEY_LENGTH:
+        return None
+    match = KEY_PATTERN.match(raw)
+    if match is None:
+        return None
+    return match["prefix"], match["secret"]
+
+
+def secret_matches(secret: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(hash_secret(secret), stored_hash)
+
+
+def cache_key(prefix: str) -> str:
+    return f"apikey:{prefix}"
+
+
+def forget(prefixes: list[str]) -> None:
+    """Drop cached resolutions so the next handshake reads the database."""
+    if prefixes:
+        cache.delete_many([cache_key(prefix) for prefix in prefixes])
+
+
+def _load_record(prefix: str) -> dict | None:
+    """One indexed query: the key, its user's state and the plan of the key's product (Free when no tier)."""
+    tier = ProductTier.objects.filter(user=OuterRef("user"), product=OuterRef("product"))
+    free = Plan.objects.filter(slug=Plan.FREE)
+
+    def plan_field(field: str, default):
+        return Coalesce(
+            Subquery(tier.values(f"plan__{field}")[:1]),
+            Subquery(free.values(field)[:1]),
+            Value(default),
+        )
+
+    row = (
+        ApiKey.objects.filter(prefix=prefix)
+        .annotate(
+            plan_slug=plan_field("slug", Plan.FREE),
+            plan_websocket_access=plan_field("websocket_access", False),
+            plan_max_subscriptions=Coalesce(
+                Subquery(tier.values("plan__max_subscriptions")[:1]),
+                Subquery(free.values("max_subscriptions")[:1]),
+            ),
+        )
+        .values(
+            "id",
+            "user_id",
+            "product",
+            "secret_hash",
+            "expires_at",
+            "revoked_at",
+            "user__is_active",
+            "plan_slug",
+            "plan_websocket_access",
+            "plan_max_subscriptions",
+        )
+        .first()
+    )
+    return row
+
+
+def _record(prefix: str) -> dict | None:
+    record = cache.get(cache_key(prefix))
+    if record is None:
+        record = _load_record(prefix) or {"missing": True}
+        timeout = MISSING_CACHE_TIMEOUT_SECONDS if "missing" in record else CACHE_TIMEOUT_SECONDS
+        cache.set(cache_key(prefix), record, timeout)
+    return None if "missing" in record else record
+
+
+def _touch_last_used(key_id: int, prefix: str) -> None:
+    """Record use at most once a minute per key, so a reconnect storm does not write the database each time."""
+    if cache.add(f"apikey-used:{prefix}", 1, timeout=LAST_USED_INTERVAL_SECONDS):
+        ApiKey.objects.filter(pk=key_id).update(last_used_at=timezone.now())
+
+
+def resolve_key(raw: str, now: datetime | None = None) -> Entitlement | Denial:
+    """Resolve a raw key to an Entitlement, or a Denial saying precisely why not."""
+    parsed = parse_key(raw)
+    if parsed is None:
+        return Denial(DenialReason.MALFORMED)
+    prefix, secret = parsed
+    record = _record(prefix)
+    # The secret is checked before anything else about the key is revealed.
+    if record is None or not secret_matches(secret, record["secret_hash"]):
+        return Denial(DenialReason.UNKNOWN)
+    if record["revoked_at"] is not None:
+        return Denial(DenialReason.REVOKED)
+    now = now or timezone.now()
+    if record["expires_at"] is not None and record["expires_at"] <= now:
+        return Denial(DenialReason.EXPIRED)
+    if not record["user__is_active"]:
+        return Denial(DenialReason.INACTIVE_USER)
+    _touch_last_used(record["id"], prefix)
+    return Entitlement(
+        user_id=record["user_id"],
+        key_id=record["id"],
+        key_prefix=prefix,
+        product=record["product"],
+        plan=record["plan_slug"],
+        websocket_access=bool(record["plan_websocket_access"]),
+        max_subscriptions=record["plan_max_subscriptions"],
+    )

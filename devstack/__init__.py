@@ -1,0 +1,1 @@
+"""Local development stack: private servers for `make run`, `make test` and the test suite."""
