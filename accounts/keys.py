@@ -32,7 +32,7 @@ PRODUCT_MARKERS = {Product.STOCKS: "cms", Product.OPTIONS: "cmo"}
 MAX_KEY_LENGTH = 128
 
 KEY_PATTERN = re.compile(
-    rf"^(?P<prefix>cm[so]_[A-Za-z0-9]{{{PUBLIC_ID_LENGTH}}})_(?P<secret>[A-Za-z0-9]{{{SECRET_LENGTH}}})$"
+    rf"(?P<prefix>cm[so]_[A-Za-z0-9]{{{PUBLIC_ID_LENGTH}}})_(?P<secret>[A-Za-z0-9]{{{SECRET_LENGTH}}})"
 )
 
 CACHE_TIMEOUT_SECONDS = 300
@@ -91,7 +91,7 @@ def parse_key(raw: str) -> tuple[str, str] | None:
     """Split a raw key into (prefix, secret), or None if it cannot be one of ours."""
     if not isinstance(raw, str) or len(raw) > MAX_KEY_LENGTH:
         return None
-    match = KEY_PATTERN.match(raw)
+    match = KEY_PATTERN.fullmatch(raw)
     if match is None:
         return None
     return match["prefix"], match["secret"]
@@ -159,10 +159,13 @@ def _record(prefix: str) -> dict | None:
     return None if "missing" in record else record
 
 
-def _touch_last_used(key_id: int, prefix: str) -> None:
-    """Record use at most once a minute per key, so a reconnect storm does not write the database each time."""
-    if cache.add(f"apikey-used:{prefix}", 1, timeout=LAST_USED_INTERVAL_SECONDS):
-        ApiKey.objects.filter(pk=key_id).update(last_used_at=timezone.now())
+def record_use(entitlement: Entitlement) -> None:
+    """Stamp ``last_used_at`` at most once a minute per key, so a reconnect storm does not write the database.
+
+    Kept out of ``resolve_key`` so that resolution stays one read; callers run it off the admission path.
+    """
+    if cache.add(f"apikey-used:{entitlement.key_prefix}", 1, timeout=LAST_USED_INTERVAL_SECONDS):
+        ApiKey.objects.filter(pk=entitlement.key_id).update(last_used_at=timezone.now())
 
 
 def resolve_key(raw: str, now: datetime | None = None) -> Entitlement | Denial:
@@ -182,7 +185,6 @@ def resolve_key(raw: str, now: datetime | None = None) -> Entitlement | Denial:
         return Denial(DenialReason.EXPIRED)
     if not record["user__is_active"]:
         return Denial(DenialReason.INACTIVE_USER)
-    _touch_last_used(record["id"], prefix)
     return Entitlement(
         user_id=record["user_id"],
         key_id=record["id"],

@@ -1,37 +1,50 @@
-"""Keep cached key resolutions true: any change to a key, a user, a tier or a plan forgets what it affects."""
+"""Keep cached key resolutions true: any change to a key, a user, a tier or a plan forgets what it affects.
+
+Each change also sends ``entitlements_changed`` with the users concerned, so that live connections can re-check
+their admission at once (the streaming app listens).
+"""
 
 from __future__ import annotations
 
 from django.db.models.signals import post_delete, post_save
-from django.dispatch import receiver
+from django.dispatch import Signal, receiver
 
 from accounts import keys
 from accounts.models import ApiKey, Plan, ProductTier, User
 
 
-def prefixes_of_user(user_id: int) -> list[str]:
-    return list(ApiKey.objects.filter(user_id=user_id).values_list("prefix", flat=True))
+entitlements_changed = Signal()  # sent with user_ids: list[int]
+
+
+def _changed(keys_of_users) -> None:
+    rows = list(keys_of_users.values_list("prefix", "user_id").distinct())
+    keys.forget([prefix for prefix, _ in rows])
+    user_ids = sorted({user_id for _, user_id in rows})
+    if user_ids:
+        entitlements_changed.send(sender=ApiKey, user_ids=user_ids)
 
 
 @receiver([post_save, post_delete], sender=ApiKey)
-def forget_key(sender, instance: ApiKey, **kwargs) -> None:
+def key_changed(sender, instance: ApiKey, created: bool = False, **kwargs) -> None:
     keys.forget([instance.prefix])
+    if not created:
+        entitlements_changed.send(sender=ApiKey, user_ids=[instance.user_id])
 
 
 @receiver([post_save, post_delete], sender=ProductTier)
-def forget_tier_keys(sender, instance: ProductTier, **kwargs) -> None:
-    keys.forget(prefixes_of_user(instance.user_id))
+def tier_changed(sender, instance: ProductTier, **kwargs) -> None:
+    _changed(ApiKey.objects.filter(user_id=instance.user_id))
 
 
 @receiver(post_save, sender=User)
-def forget_user_keys(sender, instance: User, created: bool, **kwargs) -> None:
+def user_changed(sender, instance: User, created: bool, **kwargs) -> None:
     if not created:
-        keys.forget(prefixes_of_user(instance.pk))
+        _changed(ApiKey.objects.filter(user_id=instance.pk))
 
 
 @receiver([post_save, post_delete], sender=Plan)
-def forget_plan_keys(sender, instance: Plan, **kwargs) -> None:
+def plan_changed(sender, instance: Plan, **kwargs) -> None:
     affected = ApiKey.objects.all()
     if instance.slug != Plan.FREE:
         affected = affected.filter(user__tiers__plan=instance)
-    keys.forget(list(affected.values_list("prefix", flat=True).distinct()))
+    _changed(affected)

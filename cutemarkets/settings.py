@@ -103,15 +103,18 @@ TEMPLATES = [
     },
 ]
 
+LOCAL_DATA_DIR = BASE_DIR / "var"  # SQLite files and collected static files of a local checkout (git-ignored).
+
 DATABASES = {
     "default": dj_database_url.parse(
-        os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}",
+        os.environ.get("DATABASE_URL") or f"sqlite:///{LOCAL_DATA_DIR / 'db.sqlite3'}",
         conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "0")),
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # End-to-end tests run daphne in a child process: the test database must be a file both can open.
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / "test-db.sqlite3")}
+    LOCAL_DATA_DIR.mkdir(exist_ok=True)
+    DATABASES["default"]["TEST"] = {"NAME": str(LOCAL_DATA_DIR / "test-db.sqlite3")}
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
 
 AUTH_USER_MODEL = "accounts.User"
@@ -130,7 +133,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "var" / "static"
+STATIC_ROOT = LOCAL_DATA_DIR / "static"
 
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 
@@ -179,3 +182,22 @@ LOGGING = {
         "daphne.ws_protocol": {"level": "WARNING"},
     },
 }
+
+# --- Streaming gateway (read through streaming.conf.stream_settings) ---------------------------------------------
+UPSTREAM_API_KEY = os.environ.get("UPSTREAM_API_KEY", "")
+STREAM_UPSTREAMS = {
+    market: {
+        "URL": os.environ.get(f"UPSTREAM_{market.upper()}_URL", ""),
+        "API_KEY": os.environ.get(f"UPSTREAM_{market.upper()}_API_KEY") or UPSTREAM_API_KEY,
+    }
+    for market in ("options", "stocks")
+}
+STREAM_LOCK_TTL = env_float("STREAM_LOCK_TTL", 30.0)
+STREAM_LOCK_FAILURE_MODE = os.environ.get("STREAM_LOCK_FAILURE_MODE", "closed")
+if STREAM_LOCK_FAILURE_MODE not in {"closed", "open"}:
+    raise ImproperlyConfigured(
+        f"STREAM_LOCK_FAILURE_MODE must be 'closed' or 'open', got {STREAM_LOCK_FAILURE_MODE!r}."
+    )
+STREAM_AUTH_TIMEOUT = env_float("STREAM_AUTH_TIMEOUT", 5.0)
+STREAM_REJECT_GRACE = env_float("STREAM_REJECT_GRACE", 1.0)
+STREAM_ALLOWED_ORIGINS = env_list("STREAM_ALLOWED_ORIGINS", [])

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+
+from tests.accounts.factories import ISSUED_KEYS
 
 
 @pytest.fixture(autouse=True)
@@ -15,3 +19,14 @@ def clean_redis():
     client.flushdb()
     yield client
     client.close()
+
+
+@pytest.fixture(autouse=True)
+def no_key_in_logs(caplog):
+    """Whatever a test does, no API key it created may appear in a log record of this process."""
+    caplog.set_level(logging.INFO)
+    yield
+    leaked = [
+        record.getMessage() for record in caplog.records if any(key in record.getMessage() for key in ISSUED_KEYS)
+    ]
+    assert not leaked, f"API key in log lines: {leaked}"
