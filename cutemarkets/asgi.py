@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP goes to Django, WebSockets to the streaming gateway."""
+"""ASGI entry point: HTTP goes to Django, WebSockets through the key middleware to the streaming gateway."""
 
 import os
 
@@ -8,6 +8,17 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cutemarkets.settings")
 
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+from streaming import daphne_shim  # noqa: E402
+from streaming.middleware import ApiKeyMiddleware, origin_checked  # noqa: E402
+from streaming.routing import websocket_urlpatterns  # noqa: E402
+
+daphne_shim.install()  # clean 1001/1008/1011 closes and send-side flow control when served by daphne
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": origin_checked(ApiKeyMiddleware(URLRouter(websocket_urlpatterns))),
+    }
+)

@@ -1,0 +1,63 @@
+"""The gateway's settings as one typed object, read from Django settings (which read the environment).
+
+Code asks ``stream_settings()`` instead of reaching into ``django.conf.settings``, so the meaning of each knob
+lives in one place; overriding a ``STREAM_*`` setting (tests) refreshes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+MARKETS = ("options", "stocks")
+FAILURE_MODE_CLOSED = "closed"
+FAILURE_MODE_OPEN = "open"
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    url: str
+    api_key: str
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.url and self.api_key)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    upstreams: dict[str, Upstream]
+    lock_ttl: float
+    lock_failure_mode: str
+    auth_timeout: float
+    reject_grace: float
+    allowed_origins: tuple[str, ...]
+
+    def upstream(self, market: str) -> Upstream | None:
+        upstream = self.upstreams.get(market)
+        return upstream if upstream is not None and upstream.configured else None
+
+
+@lru_cache(maxsize=1)
+def stream_settings() -> StreamSettings:
+    return StreamSettings(
+        upstreams={
+            market: Upstream(url=config["URL"], api_key=config["API_KEY"])
+            for market, config in settings.STREAM_UPSTREAMS.items()
+        },
+        lock_ttl=settings.STREAM_LOCK_TTL,
+        lock_failure_mode=settings.STREAM_LOCK_FAILURE_MODE,
+        auth_timeout=settings.STREAM_AUTH_TIMEOUT,
+        reject_grace=settings.STREAM_REJECT_GRACE,
+        allowed_origins=tuple(settings.STREAM_ALLOWED_ORIGINS),
+    )
+
+
+@receiver(setting_changed)
+def _forget_on_change(setting: str, **kwargs) -> None:
+    if setting.startswith("STREAM_"):
+        stream_settings.cache_clear()

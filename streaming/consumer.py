@@ -1,0 +1,260 @@
+"""The WebSocket consumer: admits one client (key, plan, market, connection lock) and then serves its stream.
+
+Every socket is accepted first, because a close before accept reaches the client as an HTTP 403 with the close
+code lost; the contract's codes (4401, 4409, 1011) are delivered after a status message in the feed's own shape.
+Clients that cannot send headers (official SDKs) authenticate with ``{"action":"auth"}`` instead, exactly as on
+the upstream feed; their later messages wait, in order, until admission is decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+
+import redis.exceptions
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from accounts.keys import Entitlement, record_use
+from streaming import codes, protocol
+from streaming.admission import Rejection, Rule, decide, reject
+from streaming.conf import FAILURE_MODE_OPEN, stream_settings
+from streaming.control import user_group
+from streaming.lock import ConnectionLock, LockLossReason, LockUnavailable, hold, local_locks
+from streaming.credentials import (
+    SOURCE_MESSAGE,
+    Credential,
+    MalformedCredential,
+    StreamAuth,
+    resolve_credential,
+)
+from streaming.redis_client import redis_client
+
+logger = logging.getLogger("cutemarkets.stream")
+
+
+class Phase(enum.Enum):
+    AWAITING_AUTH = "awaiting_auth"  # no key in the handshake: waiting for {"action":"auth"}
+    REJECTING = "rejecting"  # a 4401 is decided, waiting briefly for the client's auth message
+    ADMITTED = "admitted"
+    CLOSED = "closed"
+
+
+class MarketDataConsumer(AsyncWebsocketConsumer):
+    phase: Phase
+    market: str
+    entitlement: Entitlement | None = None
+    credential: Credential | None = None
+    lock: ConnectionLock | None = None
+    local_lock_held = False
+    closed_with: int | None = None
+
+    async def __call__(self, scope, receive, send):
+        self._tasks: set[asyncio.Task] = set()
+        self.phase = Phase.AWAITING_AUTH
+        self.market = ""
+        self._pending_rejection: Rejection | None = None
+        self._opened_at = time.monotonic()
+        try:
+            await super().__call__(scope, receive, send)
+        except redis.exceptions.RedisError as error:
+            # The channel layer lost Redis: an operational fault, not a bug; the contract says 1011.
+            logger.error("stream gateway error market=%s: Redis unreachable (%s)", self.market, error)
+            await self._close_quietly(codes.CLOSE_INTERNAL_ERROR, "stream gateway error: Redis unreachable")
+        except Exception:
+            logger.exception("stream gateway error market=%s", self.market)
+            await self._close_quietly(codes.CLOSE_INTERNAL_ERROR, "stream gateway error")
+        finally:
+            await asyncio.shield(self._cleanup())
+
+    # --- lifecycle ------------------------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        self.market = self.scope["url_route"]["kwargs"]["market"]
+        auth: StreamAuth = self.scope.get("stream_auth") or StreamAuth(credential=None)
+        await self.accept()
+        await self.send(codes.CONNECTED_FRAME)
+        credential = auth.credential
+        if credential is None:
+            self._spawn(self._expire_auth_wait())
+        elif isinstance(credential, MalformedCredential):
+            self._reject_after_grace(reject(Rule.MALFORMED_CREDENTIAL, problem=credential.problem))
+        else:
+            await self._admit(credential, auth.outcome, from_handshake=True)
+
+    async def disconnect(self, code: int) -> None:
+        logger.info(
+            "stream closed user=%s key=%s market=%s code=%s duration=%.1fs",
+            getattr(self.entitlement, "user_id", None),
+            getattr(self.entitlement, "key_prefix", None),
+            self.market,
+            self.closed_with if self.closed_with is not None else code,
+            time.monotonic() - self._opened_at,
+        )
+        self.phase = Phase.CLOSED
+
+    async def _cleanup(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self.lock is not None:
+            lock, self.lock = self.lock, None
+            try:
+                await lock.release()
+            except LockUnavailable:
+                logger.warning("lock of user %s not released (Redis unreachable); it expires by TTL", lock.user_id)
+        if self.local_lock_held and self.entitlement is not None:
+            local_locks.release(self.entitlement.user_id, self.channel_name)
+            self.local_lock_held = False
+        if self.entitlement is not None and self.channel_layer is not None:
+            try:
+                await self.channel_layer.group_discard(user_group(self.entitlement.user_id), self.channel_name)
+            except Exception:
+                logger.warning("could not leave the control group of user %s", self.entitlement.user_id)
+
+    # --- admission ------------------------------------------------------------------------------------------------
+
+    async def _admit(self, credential: Credential, outcome, from_handshake: bool) -> None:
+        upstream_configured = stream_settings().upstream(self.market) is not None
+        decision = decide(self.market, outcome, upstream_configured)
+        if isinstance(decision, Rejection):
+            if from_handshake:
+                self._reject_after_grace(decision)
+            else:
+                await self._close_with(decision)
+            return
+        rejection = await self._acquire_lock(decision)
+        if rejection is not None:
+            await self._close_with(rejection)
+            return
+        self.entitlement = decision
+        self.credential = credential
+        self.phase = Phase.ADMITTED
+        if self.channel_layer is not None:
+            await self.channel_layer.group_add(user_group(decision.user_id), self.channel_name)
+        await self.send(codes.AUTH_SUCCESS_FRAME)
+        logger.info(
+            "stream accepted user=%s key=%s market=%s plan=%s via=%s",
+            decision.user_id, decision.key_prefix, self.market, decision.plan, credential.source,
+        )
+        self._spawn(database_sync_to_async(record_use)(decision))
+
+    async def _acquire_lock(self, entitlement: Entitlement) -> Rejection | None:
+        settings = stream_settings()
+        lock = ConnectionLock(redis_client(), entitlement.user_id, ttl=settings.lock_ttl)
+        try:
+            acquired = await lock.acquire()
+        except LockUnavailable:
+            if settings.lock_failure_mode != FAILURE_MODE_OPEN:
+                logger.error("admission refused: Redis unreachable (STREAM_LOCK_FAILURE_MODE=closed)")
+                return reject(Rule.LOCK_UNAVAILABLE)
+            logger.critical(
+                "FAIL-OPEN admission of user %s without the Redis lock (only this process is checked)",
+                entitlement.user_id,
+            )
+            if not local_locks.try_acquire(entitlement.user_id, self.channel_name):
+                return reject(Rule.ALREADY_CONNECTED)
+            self.local_lock_held = True
+            return None
+        if not acquired:
+            return reject(Rule.ALREADY_CONNECTED)
+        self.lock = lock
+        self._spawn(hold(lock, self._on_lock_lost))
+        return None
+
+    async def _on_lock_lost(self, reason: LockLossReason) -> None:
+        self.lock = None  # not ours any more (or unknown): never release someone else's
+        if reason is LockLossReason.LOST:
+            await self._close_with(reject(Rule.ALREADY_CONNECTED))
+        else:
+            logger.error("lock refresh failing for user %s: closing before the lock could expire",
+                         self.entitlement.user_id if self.entitlement else None)
+            await self._close_with(reject(Rule.LOCK_UNAVAILABLE))
+
+    async def _expire_auth_wait(self) -> None:
+        await asyncio.sleep(stream_settings().auth_timeout)
+        if self.phase is Phase.AWAITING_AUTH:
+            await self._close_with(reject(Rule.AUTH_TIMEOUT))
+
+    def _reject_after_grace(self, rejection: Rejection) -> None:
+        """Official clients read ``connected``, send their auth message, and take only the *next* frame as the
+        verdict; answering that message (or a short grace period) makes them surface an auth error, not retry."""
+        self.phase = Phase.REJECTING
+        self._pending_rejection = rejection
+        self._spawn(self._reject_when_grace_ends())
+
+    async def _reject_when_grace_ends(self) -> None:
+        await asyncio.sleep(stream_settings().reject_grace)
+        if self.phase is Phase.REJECTING and self._pending_rejection is not None:
+            await self._close_with(self._pending_rejection)
+
+    async def stream_recheck(self, event: dict) -> None:
+        """A key, account or plan of this user changed: run the 4401 rules again with fresh data."""
+        if self.phase is not Phase.ADMITTED or self.credential is None:
+            return
+        decision = decide(self.market, await resolve_credential(self.credential), True)
+        if isinstance(decision, Rejection):
+            logger.info("stream revoked user=%s rule=%s", self.entitlement.user_id, decision.rule)
+            await self._close_with(decision)
+
+    # --- client messages ------------------------------------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.phase is Phase.CLOSED:
+            return
+        parsed = protocol.parse_client_message(text_data, bytes_data)
+        if isinstance(parsed, protocol.ClientError):
+            await self.send(codes.status_frame(codes.STATUS_ERROR, parsed.message))
+            return
+        if parsed.action == protocol.ACTION_AUTH:
+            await self._on_auth_message(parsed)
+        elif self.phase is Phase.ADMITTED:
+            await self._on_stream_request(parsed)
+        else:
+            await self.send(codes.status_frame(codes.STATUS_ERROR, protocol.MESSAGE_NOT_AUTHENTICATED))
+
+    async def _on_auth_message(self, message: protocol.ClientMessage) -> None:
+        if self.phase is Phase.ADMITTED:
+            await self.send(codes.AUTH_SUCCESS_FRAME)
+        elif self.phase is Phase.REJECTING and self._pending_rejection is not None:
+            await self._close_with(self._pending_rejection)
+        elif self.phase is Phase.AWAITING_AUTH:
+            key = message.params if isinstance(message.params, str) else ""
+            credential = Credential(SOURCE_MESSAGE, key)
+            outcome = await resolve_credential(credential) if key else None
+            await self._admit(credential, outcome, from_handshake=False)
+
+    async def _on_stream_request(self, message: protocol.ClientMessage) -> None:
+        await self.send(codes.status_frame(codes.STATUS_ERROR, protocol.unknown_action_message(message.action)))
+
+    # --- sending and closing --------------------------------------------------------------------------------------
+
+    async def _close_with(self, rejection: Rejection) -> None:
+        if self.phase is Phase.CLOSED:
+            return
+        self.phase = Phase.CLOSED
+        self.closed_with = rejection.code
+        logger.info(
+            "stream rejected code=%s rule=%s user=%s market=%s",
+            rejection.code, rejection.rule, getattr(self.entitlement, "user_id", None), self.market,
+        )
+        await self.send(rejection.frame)
+        await self.close(code=rejection.code, reason=rejection.message)
+
+    async def _close_quietly(self, code: int, reason: str) -> None:
+        if self.phase is Phase.CLOSED:
+            return
+        self.phase = Phase.CLOSED
+        self.closed_with = code
+        try:
+            await self.send(codes.status_frame(codes.STATUS_ERROR, reason))
+            await self.close(code=code, reason=reason)
+        except Exception:
+            logger.warning("could not deliver close %s", code)
+
+    def _spawn(self, coroutine) -> asyncio.Task:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task

@@ -1,0 +1,44 @@
+"""End-to-end fixtures: real daphne processes serving the gateway, the test database and the suite's Redis."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.accounts.factories import ISSUED_KEYS
+from tests.e2e.processes import GatewayProcess
+
+pytestmark = pytest.mark.e2e
+
+UNUSED_UPSTREAM_ENV = {
+    "UPSTREAM_OPTIONS_URL": "ws://127.0.0.1:9/options",
+    "UPSTREAM_STOCKS_URL": "ws://127.0.0.1:9/stocks",
+    "UPSTREAM_API_KEY": "upstream-key",
+    "STREAM_REJECT_GRACE": "0.2",
+}
+
+
+def assert_no_key_in(process: GatewayProcess) -> None:
+    log = process.log()
+    leaked = [key for key in ISSUED_KEYS if key in log]
+    assert not leaked, f"{process.name} logged an API key"
+
+
+@pytest.fixture
+def gateway_factory(transactional_db):
+    """Start daphne gateways with extra environment; each is stopped and its log checked for keys afterwards."""
+    started: list[GatewayProcess] = []
+
+    def start(name: str = "gateway", **env: str) -> GatewayProcess:
+        process = GatewayProcess(name, {**UNUSED_UPSTREAM_ENV, **env}).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+        assert_no_key_in(process)
+
+
+@pytest.fixture
+def gateway(gateway_factory):
+    return gateway_factory()

@@ -1,0 +1,135 @@
+"""Plain ASGI app that tests/streaming/test_daphne_shim.py runs under a real daphne process.
+
+WebSocket ``/close?code=&reason=`` accepts then closes; ``/flood?id=&mode=`` sends to a client that does not read
+(``mode`` = outbox, wait or ignore: see the ``_flood_*`` functions). HTTP ``/stats`` returns what each flood connection observed, ``/abort?id=`` makes an ``ignore`` flood
+abort its connection. ``SHIM_APP_INSTALL=0`` in the environment leaves daphne unpatched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import time
+from typing import Any
+from urllib.parse import parse_qs
+
+from streaming import daphne_shim
+
+if os.environ.get("SHIM_APP_INSTALL", "1") == "1":
+    daphne_shim.install()
+
+FRAME_BYTES = 16 * 1024
+OUTBOX_MAX_FRAMES = 256
+"""The app's own bounded outbox (4 MiB), as the gateway keeps per client."""
+IGNORE_FLOOD_BYTES = 96 * 1024 * 1024
+STALL_SECONDS = 0.5
+"""In ``wait`` mode, a ``wait_writable()`` that has not returned after this long means the socket is stalled."""
+SAFETY_CAP_BYTES = 512 * 1024 * 1024
+
+STATS: dict[str, dict[str, Any]] = {}
+ABORT_REQUESTS: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
+
+
+async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    query = {key: values[0] for key, values in parse_qs(scope["query_string"].decode()).items()}
+    if scope["type"] == "http":
+        await _http(scope, query, send)
+    elif scope["type"] == "websocket":
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        if scope["path"] == "/close":
+            await _close(query, receive, send)
+        else:
+            await _flood(scope, query, receive, send)
+
+
+async def _http(scope: dict[str, Any], query: dict[str, str], send: Any) -> None:
+    if scope["path"] == "/abort":
+        ABORT_REQUESTS[query["id"]].set()
+    body = json.dumps(STATS).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _close(query: dict[str, str], receive: Any, send: Any) -> None:
+    message: dict[str, Any] = {"type": "websocket.close"}
+    if "code" in query:
+        message["code"] = int(query["code"])
+    if "reason" in query:
+        message["reason"] = query["reason"]
+    await send(message)
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
+async def _flood(scope: dict[str, Any], query: dict[str, str], receive: Any, send: Any) -> None:
+    flow = daphne_shim.get_flow_control(scope)
+    assert flow is not None
+    stats = STATS[query["id"]] = {"high_water_mark": flow.high_water_mark, "frame_bytes": FRAME_BYTES, "sent": 0}
+    mode = query["mode"]
+    if mode == "outbox":
+        await _flood_into_outbox(flow, stats, send)
+    elif mode == "wait":
+        await _flood_and_wait(flow, stats, send)
+    else:
+        await _flood_ignoring_flow_control(flow, stats, send, ABORT_REQUESTS[query["id"]])
+    message = await receive()
+    while message["type"] != "websocket.disconnect":
+        message = await receive()
+    stats["disconnect_code"] = message["code"]
+    stats["disconnected_at"] = time.monotonic()
+
+
+async def _send_frame(send: Any, stats: dict[str, Any], frame: bytes) -> None:
+    await send({"type": "websocket.send", "bytes": frame})
+    stats["sent"] += len(frame)
+
+
+async def _flood_into_outbox(flow: daphne_shim.FlowControl, stats: dict[str, Any], send: Any) -> None:
+    """The gateway's pattern: send while writable, else queue; on outbox overflow, ``slow_consumer`` and 1008."""
+    outbox: collections.deque[bytes] = collections.deque()
+    while stats["sent"] < SAFETY_CAP_BYTES:
+        outbox.append(b"x" * FRAME_BYTES)
+        while outbox and flow.is_writable():
+            await _send_frame(send, stats, outbox.popleft())
+        if not flow.is_writable():
+            stats.setdefault("first_unwritable_at", stats["sent"])
+        if len(outbox) > OUTBOX_MAX_FRAMES:
+            stats["buffered_at_overflow"] = flow.buffered_bytes()
+            await send({"type": "websocket.send", "text": '[{"ev":"status","status":"slow_consumer"}]'})
+            stats["closed_at"] = time.monotonic()
+            await send({"type": "websocket.close", "code": 1008, "reason": "slow consumer"})
+            return
+        await asyncio.sleep(0)  # a feed yields between ticks, letting the reactor write
+
+
+async def _flood_and_wait(flow: daphne_shim.FlowControl, stats: dict[str, Any], send: Any) -> None:
+    """Send while writable, else block in ``wait_writable()``, which must return once the client goes away."""
+    while stats["sent"] < SAFETY_CAP_BYTES:
+        if flow.is_writable():
+            await _send_frame(send, stats, b"x" * FRAME_BYTES)
+            continue
+        try:
+            await asyncio.wait_for(flow.wait_writable(), STALL_SECONDS)
+        except TimeoutError:
+            stats["stalled_at"] = stats["sent"]
+            stats["buffered_at_stall"] = flow.buffered_bytes()
+            await flow.wait_writable()
+        if flow.is_closed():
+            stats["wait_returned_closed"] = True
+            return
+
+
+async def _flood_ignoring_flow_control(
+    flow: daphne_shim.FlowControl, stats: dict[str, Any], send: Any, abort_requested: asyncio.Event
+) -> None:
+    """The control: push everything into daphne regardless, then abort when the test has measured memory."""
+    while stats["sent"] < IGNORE_FLOOD_BYTES:
+        await _send_frame(send, stats, b"x" * FRAME_BYTES)
+    stats["buffered_after_flood"] = flow.buffered_bytes()
+    stats["writable_after_flood"] = flow.is_writable()
+    await abort_requested.wait()
+    stats["closed_at"] = time.monotonic()
+    flow.abort()
