@@ -33,9 +33,15 @@ class StreamSettings:
     upstreams: dict[str, Upstream]
     lock_ttl: float
     lock_failure_mode: str
+    lock_wait: float
     auth_timeout: float
     reject_grace: float
     allowed_origins: tuple[str, ...]
+    upstream_idle_seconds: float
+    client_buffer_bytes: int
+    client_message_rate: float
+    client_message_burst: int
+    client_refusals_before_close: int
 
     def upstream(self, market: str) -> Upstream | None:
         upstream = self.upstreams.get(market)
@@ -51,9 +57,15 @@ def stream_settings() -> StreamSettings:
         },
         lock_ttl=settings.STREAM_LOCK_TTL,
         lock_failure_mode=settings.STREAM_LOCK_FAILURE_MODE,
+        lock_wait=settings.STREAM_LOCK_WAIT,
         auth_timeout=settings.STREAM_AUTH_TIMEOUT,
         reject_grace=settings.STREAM_REJECT_GRACE,
         allowed_origins=tuple(settings.STREAM_ALLOWED_ORIGINS),
+        upstream_idle_seconds=settings.STREAM_UPSTREAM_IDLE_SECONDS,
+        client_buffer_bytes=settings.STREAM_CLIENT_BUFFER_BYTES,
+        client_message_rate=settings.STREAM_CLIENT_MESSAGE_RATE,
+        client_message_burst=settings.STREAM_CLIENT_MESSAGE_BURST,
+        client_refusals_before_close=settings.STREAM_CLIENT_REFUSALS_BEFORE_CLOSE,
     )
 
 

@@ -22,6 +22,8 @@ from streaming import codes, protocol
 from streaming.admission import Rejection, Rule, decide, reject
 from streaming.conf import FAILURE_MODE_OPEN, stream_settings
 from streaming.control import user_group
+from streaming.daphne_shim import get_flow_control
+from streaming.hub import UpstreamHub
 from streaming.lock import ConnectionLock, LockLossReason, LockUnavailable, hold, local_locks
 from streaming.credentials import (
     SOURCE_MESSAGE,
@@ -30,15 +32,21 @@ from streaming.credentials import (
     StreamAuth,
     resolve_credential,
 )
+from streaming.outbox import Outbox
+from streaming.ratelimit import TokenBucket
 from streaming.redis_client import redis_client
 
 logger = logging.getLogger("cutemarkets.stream")
+
+LOCK_RETRY_FIRST_DELAY = 0.05
+LOCK_RETRY_MAX_DELAY = 0.25
 
 
 class Phase(enum.Enum):
     AWAITING_AUTH = "awaiting_auth"  # no key in the handshake: waiting for {"action":"auth"}
     REJECTING = "rejecting"  # a 4401 is decided, waiting briefly for the client's auth message
     ADMITTED = "admitted"
+    CLOSING = "closing"  # the close is decided and on its way; nothing else is sent or processed
     CLOSED = "closed"
 
 
@@ -50,6 +58,8 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
     lock: ConnectionLock | None = None
     local_lock_held = False
     closed_with: int | None = None
+    hub: UpstreamHub | None = None
+    outbox: Outbox | None = None
 
     async def __call__(self, scope, receive, send):
         self._tasks: set[asyncio.Task] = set()
@@ -57,6 +67,9 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         self.market = ""
         self._pending_rejection: Rejection | None = None
         self._opened_at = time.monotonic()
+        settings = stream_settings()
+        self._message_bucket = TokenBucket(settings.client_message_rate, settings.client_message_burst)
+        self._refusals = 0
         try:
             await super().__call__(scope, receive, send)
         except redis.exceptions.RedisError as error:
@@ -98,6 +111,10 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
     async def _cleanup(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        if self.outbox is not None:
+            self.outbox.stop()
+        if self.hub is not None:
+            self.hub.detach(self)
         if self.lock is not None:
             lock, self.lock = self.lock, None
             try:
@@ -130,10 +147,13 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
             return
         self.entitlement = decision
         self.credential = credential
-        self.phase = Phase.ADMITTED
         if self.channel_layer is not None:
             await self.channel_layer.group_add(user_group(decision.user_id), self.channel_name)
         await self.send(codes.AUTH_SUCCESS_FRAME)
+        self.hub = UpstreamHub.for_market(self.market)
+        self.outbox = Outbox(self.send, stream_settings().client_buffer_bytes, get_flow_control(self.scope))
+        self.outbox.start()
+        self.phase = Phase.ADMITTED
         logger.info(
             "stream accepted user=%s key=%s market=%s plan=%s via=%s",
             decision.user_id, decision.key_prefix, self.market, decision.plan, credential.source,
@@ -144,7 +164,7 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         settings = stream_settings()
         lock = ConnectionLock(redis_client(), entitlement.user_id, ttl=settings.lock_ttl)
         try:
-            acquired = await lock.acquire()
+            acquired = await self._acquire_patiently(lock, settings.lock_wait)
         except LockUnavailable:
             if settings.lock_failure_mode != FAILURE_MODE_OPEN:
                 logger.error("admission refused: Redis unreachable (STREAM_LOCK_FAILURE_MODE=closed)")
@@ -162,6 +182,19 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         self.lock = lock
         self._spawn(hold(lock, self._on_lock_lost))
         return None
+
+    @staticmethod
+    async def _acquire_patiently(lock: ConnectionLock, wait: float) -> bool:
+        """A client that closes and reconnects at once races its old connection's release (which follows the
+        close handshake): retry for a short while before answering 4409."""
+        deadline = time.monotonic() + wait
+        delay = LOCK_RETRY_FIRST_DELAY
+        while not await lock.acquire():
+            if time.monotonic() + delay > deadline:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, LOCK_RETRY_MAX_DELAY)
+        return True
 
     async def _on_lock_lost(self, reason: LockLossReason) -> None:
         self.lock = None  # not ours any more (or unknown): never release someone else's
@@ -201,22 +234,25 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
     # --- client messages ------------------------------------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.phase is Phase.CLOSED:
+        if self.phase in (Phase.CLOSING, Phase.CLOSED):
+            return
+        if not self._message_bucket.take():
+            await self._refuse_flood()
             return
         parsed = protocol.parse_client_message(text_data, bytes_data)
         if isinstance(parsed, protocol.ClientError):
-            await self.send(codes.status_frame(codes.STATUS_ERROR, parsed.message))
+            await self._status(codes.STATUS_ERROR, parsed.message)
             return
         if parsed.action == protocol.ACTION_AUTH:
             await self._on_auth_message(parsed)
         elif self.phase is Phase.ADMITTED:
             await self._on_stream_request(parsed)
         else:
-            await self.send(codes.status_frame(codes.STATUS_ERROR, protocol.MESSAGE_NOT_AUTHENTICATED))
+            await self._status(codes.STATUS_ERROR, protocol.MESSAGE_NOT_AUTHENTICATED)
 
     async def _on_auth_message(self, message: protocol.ClientMessage) -> None:
         if self.phase is Phase.ADMITTED:
-            await self.send(codes.AUTH_SUCCESS_FRAME)
+            await self._status(codes.STATUS_AUTH_SUCCESS, codes.MESSAGE_AUTHENTICATED)
         elif self.phase is Phase.REJECTING and self._pending_rejection is not None:
             await self._close_with(self._pending_rejection)
         elif self.phase is Phase.AWAITING_AUTH:
@@ -226,30 +262,107 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
             await self._admit(credential, outcome, from_handshake=False)
 
     async def _on_stream_request(self, message: protocol.ClientMessage) -> None:
-        await self.send(codes.status_frame(codes.STATUS_ERROR, protocol.unknown_action_message(message.action)))
+        items, errors = protocol.parse_subscriptions(message.params, self.market)
+        if message.action == protocol.ACTION_SUBSCRIBE:
+            items, refused = self._within_plan_cap(items)
+            errors.extend(refused)
+            if items:
+                await self.hub.subscribe(self, items)
+            acks = [f"subscribed to: {item}" for item in items]
+        else:
+            if items:
+                await self.hub.unsubscribe(self, items)
+            acks = [f"unsubscribed to: {item}" for item in items]
+        frames = [codes.status_frame(codes.STATUS_SUCCESS, ack) for ack in acks]
+        frames += [codes.status_frame(codes.STATUS_ERROR, error) for error in errors]
+        self._queue(frames)
+
+    def _within_plan_cap(self, items: list[protocol.Subscription]) -> tuple[list, list[str]]:
+        """Split requested items into those the plan's per-connection cap allows and refusal messages."""
+        cap = self.entitlement.max_subscriptions
+        if cap is None:
+            return items, []
+        held = self.hub.subscriptions_of(self)
+        room = cap - len(held)
+        allowed, refused = [], []
+        for item in items:
+            if item in held:
+                allowed.append(item)
+            elif room > 0:
+                allowed.append(item)
+                room -= 1
+            else:
+                refused.append(f"subscription limit reached ({cap} per connection on your plan): {item} refused")
+        return allowed, refused
+
+    async def _refuse_flood(self) -> None:
+        self._refusals += 1
+        settings = stream_settings()
+        if self._refusals >= settings.client_refusals_before_close:
+            await self._close(
+                codes.CLOSE_POLICY_VIOLATION, codes.STATUS_ERROR,
+                f"too many messages: more than {settings.client_message_rate:g} per second, closing",
+            )
+        else:
+            await self._status(
+                codes.STATUS_ERROR,
+                f"rate limit exceeded ({settings.client_message_rate:g} messages per second): message ignored",
+            )
+
+    # --- what the hub calls ---------------------------------------------------------------------------------------
+
+    def deliver(self, frames: list[str]) -> None:
+        if self.phase is Phase.ADMITTED and not self.outbox.put(frames):
+            self.phase = Phase.CLOSING
+            self.outbox.stop()
+            self._spawn(self._close(
+                codes.CLOSE_POLICY_VIOLATION, codes.STATUS_SLOW_CONSUMER,
+                f"client is not reading fast enough: more than {self.outbox.limit_bytes} bytes queued, closing",
+            ))
+
+    def upstream_failed(self, message: str) -> None:
+        if self.phase is not Phase.ADMITTED:
+            return
+        self.phase = Phase.CLOSING
+        self.hub = None
+        self._spawn(self._close(codes.CLOSE_INTERNAL_ERROR, codes.STATUS_ERROR, message))
+
 
     # --- sending and closing --------------------------------------------------------------------------------------
 
-    async def _close_with(self, rejection: Rejection) -> None:
-        if self.phase is Phase.CLOSED:
-            return
-        self.phase = Phase.CLOSED
-        self.closed_with = rejection.code
-        logger.info(
-            "stream rejected code=%s rule=%s user=%s market=%s",
-            rejection.code, rejection.rule, getattr(self.entitlement, "user_id", None), self.market,
-        )
-        await self.send(rejection.frame)
-        await self.close(code=rejection.code, reason=rejection.message)
+    async def _status(self, status: str, message: str) -> None:
+        frame = codes.status_frame(status, message)
+        if self.outbox is not None:
+            self._queue([frame])
+        else:
+            await self.send(frame)
 
-    async def _close_quietly(self, code: int, reason: str) -> None:
+    def _queue(self, frames: list[str]) -> None:
+        """After admission everything goes through the outbox, so acks stay in order with data."""
+        if frames:
+            self.deliver(frames)
+
+    async def _close_with(self, rejection: Rejection) -> None:
+        await self._close(rejection.code, rejection.status, rejection.message, rejection.rule)
+
+    async def _close(self, code: int, status: str, message: str, rule: str | None = None) -> None:
+        """The last word: one status message, then the close (queued data is dropped)."""
         if self.phase is Phase.CLOSED:
             return
+        logger.info(
+            "stream closing code=%s status=%s rule=%s user=%s market=%s",
+            code, status, rule or "-", getattr(self.entitlement, "user_id", None), self.market,
+        )
         self.phase = Phase.CLOSED
         self.closed_with = code
+        if self.outbox is not None:
+            self.outbox.stop()
+        await self.send(codes.status_frame(status, message))
+        await self.close(code=code, reason=message)
+
+    async def _close_quietly(self, code: int, reason: str) -> None:
         try:
-            await self.send(codes.status_frame(codes.STATUS_ERROR, reason))
-            await self.close(code=code, reason=reason)
+            await self._close(code, codes.STATUS_ERROR, reason)
         except Exception:
             logger.warning("could not deliver close %s", code)
 

@@ -42,3 +42,28 @@ def gateway_factory(transactional_db):
 @pytest.fixture
 def gateway(gateway_factory):
     return gateway_factory()
+
+
+SIMULATOR_KEY = "simulator-upstream-key"
+
+
+@pytest.fixture
+async def simulator():
+    """The feed simulator in the test's event loop, driven by the test (rate 0)."""
+    from streaming.simulator import FeedSimulator
+
+    async with FeedSimulator(api_key=SIMULATOR_KEY, rate=0, seed=1) as sim:
+        yield sim
+
+
+def simulator_env(sim) -> dict[str, str]:
+    return {
+        "UPSTREAM_OPTIONS_URL": sim.url("options"),
+        "UPSTREAM_STOCKS_URL": sim.url("stocks"),
+        "UPSTREAM_API_KEY": SIMULATOR_KEY,
+    }
+
+
+@pytest.fixture
+def streaming_gateway(gateway_factory, simulator):
+    return gateway_factory("streaming", **simulator_env(simulator))

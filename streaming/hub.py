@@ -1,0 +1,285 @@
+"""One shared upstream connection per market per process, multiplexed over every client of that market.
+
+The real feed allows one connection per account and cluster, so the hub opens the upstream on the first
+subscriber, keeps its subscriptions equal to the union of its clients' (reference-counted by the index), routes
+each frame's events to the clients that asked for them, and closes the upstream a while after the last client
+leaves. When the upstream cannot be opened or is lost, every client it serves is told and closed (1011); the
+next attempt waits out an exponential backoff, so a flapping upstream is not hammered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from typing import Protocol
+
+import orjson
+
+from streaming.backoff import Backoff
+from streaming.conf import stream_settings
+from streaming.fanout import SubscriptionIndex, encode_frames
+from streaming.protocol import Subscription
+from streaming.upstream import UpstreamConnection, UpstreamError, UpstreamUnavailable
+
+logger = logging.getLogger("cutemarkets.hub")
+
+STATUS_EVENT = "status"
+ACK_STATUS = "success"
+SUBSCRIBED_PREFIX = "subscribed to: "
+UPSTREAM_ACK_TIMEOUT_SECONDS = 5.0
+
+
+class Subscriber(Protocol):
+    """What the hub needs from a client connection."""
+
+    def deliver(self, frames: list[str]) -> None:
+        """Queue text frames for the client (never blocks)."""
+
+    def upstream_failed(self, message: str) -> None:
+        """The upstream is gone: tell the client and close it (1011)."""
+
+
+class UpstreamHub:
+    """The upstream of one market in this process, and the subscriptions of its clients."""
+
+    _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, UpstreamHub]]" = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, market: str, url: str, api_key: str, idle_seconds: float) -> None:
+        self.market = market
+        self.url = url
+        self.api_key = api_key
+        self.idle_seconds = idle_seconds
+        self.index = SubscriptionIndex()
+        self.backoff = Backoff()
+        self.connected = asyncio.Event()
+        self._connection: UpstreamConnection | None = None
+        self._upstream_items: set[str] = set()
+        self._sync_lock = asyncio.Lock()
+        self._runner: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
+        self._idle_since: float | None = None
+        self._wake = asyncio.Event()
+        self._state_changed = asyncio.Event()
+        self._pending_acks: dict[str, asyncio.Future] = {}
+
+    @classmethod
+    def for_market(cls, market: str) -> "UpstreamHub":
+        """The hub of *market* for the running event loop (one per process in production)."""
+        hubs = cls._hubs.setdefault(asyncio.get_running_loop(), {})
+        hub = hubs.get(market)
+        if hub is None:
+            settings = stream_settings()
+            upstream = settings.upstream(market)
+            if upstream is None:
+                raise LookupError(f"no upstream configured for {market}")
+            hub = hubs[market] = cls(market, upstream.url, upstream.api_key, settings.upstream_idle_seconds)
+        return hub
+
+    # --- client side ----------------------------------------------------------------------------------------------
+
+    def subscriptions_of(self, client: Subscriber) -> frozenset[Subscription]:
+        return self.index.subscriptions_of(client)
+
+    async def subscribe(self, client: Subscriber, items: list[Subscription]) -> None:
+        """Add *items* to the client's subscriptions; returns once the upstream has acknowledged them (or the
+        upstream failed, in which case the client has been told), so that the client's own ack tells the truth."""
+        self.index.set_subscriptions(client, self.index.subscriptions_of(client) | set(items))
+        self._ensure_running()
+        self._wake.set()
+        while not self.connected.is_set() and self.index.subscriptions_of(client):
+            await self._next_state_change()
+        await self._sync_upstream()
+        pending = [self._pending_acks[str(item)] for item in items if str(item) in self._pending_acks]
+        if pending:
+            try:
+                async with asyncio.timeout(UPSTREAM_ACK_TIMEOUT_SECONDS):
+                    await asyncio.wait(pending)
+            except TimeoutError:
+                logger.warning("upstream %s did not acknowledge %d subscription(s) in time", self.market, len(pending))
+
+    async def unsubscribe(self, client: Subscriber, items: list[Subscription]) -> None:
+        self.index.set_subscriptions(client, self.index.subscriptions_of(client) - set(items))
+        await self._sync_upstream()
+
+    def detach(self, client: Subscriber) -> None:
+        """Forget a leaving client; the upstream drops what nobody else needs."""
+        if self.index.subscriptions_of(client):
+            self.index.remove(client)
+            self._spawn(self._sync_upstream())
+
+    @property
+    def upstream_items(self) -> frozenset[str]:
+        """What the upstream connection is subscribed to right now."""
+        return frozenset(self._upstream_items)
+
+    # --- upstream side --------------------------------------------------------------------------------------------
+
+    async def _next_state_change(self) -> None:
+        await self._state_changed.wait()
+
+    def _announce_state_change(self) -> None:
+        self._state_changed.set()
+        self._state_changed = asyncio.Event()
+
+    def _ensure_running(self) -> None:
+        self._idle_since = None
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while await self._wait_for_clients():
+            await self.backoff.wait()
+            if not self.index.clients():
+                continue
+            connected_at = time.monotonic()
+            try:
+                self._connection = await UpstreamConnection.open(self.url, self.api_key)
+                connected_at = time.monotonic()
+                logger.info("upstream %s connected", self.market)
+                self._upstream_items = set()
+                self.connected.set()
+                self._announce_state_change()
+                await self._sync_upstream()
+                await self._pump(self._connection)
+            except UpstreamError as error:
+                logger.warning("upstream %s failed: %s", self.market, error)
+                self._fail_clients(f"upstream feed unavailable: {error}")
+                self.backoff.record_failure(time.monotonic() - connected_at)
+                self._announce_state_change()
+            finally:
+                await self._disconnect()
+
+    async def _wait_for_clients(self) -> bool:
+        """True while the hub has clients, or gets one within the idle period; False when it should stop."""
+        deadline = time.monotonic() + self.idle_seconds
+        while not self.index.clients():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wake.wait()
+            except TimeoutError:
+                return False
+        return True
+
+    async def _pump(self, connection: UpstreamConnection) -> None:
+        """Route frames until the connection ends, or until nobody has needed it for the idle period."""
+        frames = connection.frames().__aiter__()
+        while True:
+            if not self.index.clients():
+                if not await self._wait_for_clients_while_reading(frames):
+                    return
+                continue
+            self._dispatch(await anext(frames))
+            # A backlog of frames would otherwise be routed without ever letting the client writers (and daphne's
+            # reactor) run: give them their turn after each frame, or fast clients look slow.
+            await asyncio.sleep(0)
+
+    async def _wait_for_clients_while_reading(self, frames) -> bool:
+        # Keep reading (and discarding) while idle, so the socket answers pings and we notice a drop.
+        deadline = time.monotonic() + self.idle_seconds
+        while not self.index.clients():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                logger.info("upstream %s idle for %.0f s: closing", self.market, self.idle_seconds)
+                return False
+            try:
+                async with asyncio.timeout(remaining):
+                    frame = await anext(frames)
+            except TimeoutError:
+                return False
+            self._dispatch(frame)
+        return True
+
+    async def _disconnect(self) -> None:
+        self.connected.clear()
+        connection, self._connection = self._connection, None
+        self._upstream_items = set()
+        for future in self._pending_acks.values():
+            if not future.done():
+                future.set_result(False)
+        self._pending_acks.clear()
+        if connection is not None:
+            await connection.close()
+
+    async def _sync_upstream(self) -> None:
+        """Make the upstream's subscriptions equal to what the clients hold: add first, then remove."""
+        async with self._sync_lock:
+            connection = self._connection
+            if connection is None or not self.connected.is_set():
+                return
+            wanted = {str(item) for item in self.index.upstream_items()}
+            added = wanted - self._upstream_items
+            removed = self._upstream_items - wanted
+            try:
+                if added:
+                    loop = asyncio.get_running_loop()
+                    self._pending_acks.update({item: loop.create_future() for item in added})
+                    await connection.subscribe(added)
+                    self._upstream_items |= added
+                if removed:
+                    await connection.unsubscribe(removed)
+                    self._upstream_items -= removed
+            except UpstreamError as error:
+                logger.warning("upstream %s: subscription update failed: %s", self.market, error)
+
+    def _fail_clients(self, message: str) -> None:
+        for client in self.index.clients():
+            self.index.remove(client)
+            client.upstream_failed(message)
+
+    def _dispatch(self, frame: str | bytes) -> None:
+        """Route one upstream frame: each event encoded once, batched per group of identical subscriptions."""
+        try:
+            events = orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            raise UpstreamUnavailable("upstream sent a frame that is not JSON") from None
+        if not isinstance(events, list):
+            raise UpstreamUnavailable("upstream sent a frame that is not an array of events")
+        routed = []
+        for event in events:
+            if not isinstance(event, dict):
+                raise UpstreamUnavailable("upstream sent an event that is not an object")
+            event_type = event.get("ev")
+            if event_type == STATUS_EVENT:
+                self._route_status(event)
+                continue
+            symbol = event.get("sym", event.get("T"))  # LULD and NOI carry the ticker in T
+            if isinstance(event_type, str) and isinstance(symbol, str):
+                routed.append((event_type, symbol, orjson.dumps(event)))
+        for group in self.index.route(routed):
+            frames = encode_frames(group.batch)
+            group.batch = []
+            for client in group.members:
+                client.deliver(frames)
+
+    def _route_status(self, event: dict) -> None:
+        """Upstream acks complete the hub's own requests (clients get their own acks); other statuses go to the
+        clients they concern: those holding the item they name, or everyone if they name none."""
+        message = str(event.get("message", ""))
+        if event.get("status") == ACK_STATUS:
+            if message.startswith(SUBSCRIBED_PREFIX):
+                future = self._pending_acks.pop(message[len(SUBSCRIBED_PREFIX):], None)
+                if future is not None and not future.done():
+                    future.set_result(True)
+            return
+        concerned = [
+            client
+            for item_text in self._upstream_items
+            if message.endswith(item_text)
+            for client in self.index.clients_of(Subscription(*item_text.split(".", 1)))
+        ] or self.index.clients()
+        frame = orjson.dumps([event]).decode()
+        for client in dict.fromkeys(concerned):
+            client.deliver([frame])
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
