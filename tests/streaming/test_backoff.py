@@ -19,6 +19,6 @@ def test_quick_drops_keep_growing_and_a_stable_connection_resets():
     backoff = Backoff(base=1.0, cap=60.0, stable_after=10.0)
     for _ in range(4):
         backoff.record_failure(connected_for=0.1)  # flapping: accepted, then dropped at once
-    assert backoff.delay() >= 8
+    assert backoff.delay() >= 4  # the fourth delay is drawn from [4, 8]
     backoff.record_failure(connected_for=30.0)
     assert backoff.delay() <= 1.0
