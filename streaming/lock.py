@@ -12,7 +12,7 @@ import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import redis.asyncio
 import redis.exceptions
@@ -26,6 +26,8 @@ SAFETY_MARGIN_FRACTION = 1 / 3
 # While Redis is unreachable, retry this often (or every refresh interval, if that is shorter).
 UNREACHABLE_RETRY_SECONDS = 0.5
 TOKEN_BYTES = 16
+
+T = TypeVar("T")
 
 
 class LockUnavailable(Exception):
@@ -109,10 +111,7 @@ class ConnectionLock:
     async def acquire(self) -> bool:
         """Take the lock if no connection of this user holds it. Raises `LockUnavailable`."""
         sent_at = time.monotonic()
-        try:
-            acquired = await self.redis.set(self._key, self._token, nx=True, px=self._ttl_ms)
-        except redis.exceptions.RedisError as error:
-            raise LockUnavailable(f"cannot acquire {self._key}") from error
+        acquired = await self._call("acquire", self.redis.set(self._key, self._token, nx=True, px=self._ttl_ms))
         if acquired:
             self._confirmed_at = sent_at
         return bool(acquired)
@@ -122,10 +121,9 @@ class ConnectionLock:
         Raises `LockUnavailable`."""
         assert self.lua_refresh is not None
         sent_at = time.monotonic()
-        try:
-            owned = await self.lua_refresh(keys=[self._key], args=[self._token, self._ttl_ms], client=self.redis)
-        except redis.exceptions.RedisError as error:
-            raise LockUnavailable(f"cannot refresh {self._key}") from error
+        owned = await self._call(
+            "refresh", self.lua_refresh(keys=[self._key], args=[self._token, self._ttl_ms], client=self.redis)
+        )
         if owned:
             self._confirmed_at = sent_at
         return bool(owned)
@@ -133,40 +131,54 @@ class ConnectionLock:
     async def release(self) -> bool:
         """Delete the key if it still holds our token; True if it did. Safe to repeat. Raises `LockUnavailable`."""
         assert self.lua_release is not None
-        try:
-            released = await self.lua_release(keys=[self._key], args=[self._token], client=self.redis)
-        except redis.exceptions.RedisError as error:
-            raise LockUnavailable(f"cannot release {self._key}") from error
+        released = await self._call(
+            "release", self.lua_release(keys=[self._key], args=[self._token], client=self.redis)
+        )
         return bool(released)
+
+    async def _call(self, action: str, command: Awaitable[T]) -> T:
+        try:
+            return await command
+        except redis.exceptions.RedisError as error:
+            raise LockUnavailable(f"cannot {action} {self._key}") from error
 
 
 async def hold(lock: ConnectionLock, on_lost: Callable[[LockLossReason], Awaitable[None]]) -> None:
     """Keep an acquired *lock* alive until it is lost, then await ``on_lost(reason)`` once and return.
 
-    Run it as a background task and cancel it on disconnect; it never releases the lock (the caller does).
+    Run it as its own task and cancel it on disconnect; it never releases the lock (the caller does).
     Each refresh is bounded by the give-up deadline, so a hung Redis cannot delay the UNREACHABLE report.
     """
-    if lock.confirmed_at is None:
-        raise RuntimeError("hold() needs an acquired lock")
+    task = asyncio.current_task()
+    assert task is not None
+    cancels_at_start = task.cancelling()
     retry_interval = min(UNREACHABLE_RETRY_SECONDS, lock.refresh_interval)
-    next_attempt = lock.confirmed_at + lock.refresh_interval
+    retry_at: float | None = None
     while True:
-        give_up_at = lock.confirmed_at + lock.ttl * (1 - SAFETY_MARGIN_FRACTION)
+        confirmed_at = lock.confirmed_at
+        if confirmed_at is None:
+            raise RuntimeError("hold() needs an acquired lock")
+        give_up_at = confirmed_at + lock.ttl * (1 - SAFETY_MARGIN_FRACTION)
+        next_attempt = confirmed_at + lock.refresh_interval if retry_at is None else retry_at
         await asyncio.sleep(max(0.0, min(next_attempt, give_up_at) - time.monotonic()))
         remaining = give_up_at - time.monotonic()
         if remaining <= 0:
             await on_lost(LockLossReason.UNREACHABLE)
             return
+        owned: bool | None
         try:
             async with asyncio.timeout(remaining):
                 owned = await lock.refresh()
         except (LockUnavailable, TimeoutError):
-            next_attempt = time.monotonic() + retry_interval
-            continue
-        if not owned:
+            owned = None
+        if task.cancelling() > cancels_at_start:
+            # On Python 3.11, asyncio.wait_for (redis-py's socket timeout) can swallow a cancellation that arrives
+            # as the command completes (python/cpython#86296): honour it, or the cancelled keeper would live on.
+            raise asyncio.CancelledError
+        if owned is False:
             await on_lost(LockLossReason.LOST)
             return
-        next_attempt = lock.confirmed_at + lock.refresh_interval
+        retry_at = time.monotonic() + retry_interval if owned is None else None
 
 
 class LocalLocks:
