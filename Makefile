@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DJANGO_SETTINGS_MODULE := cutemarkets.settings
 
-.PHONY: run test setup system-deps migrate clean
+.PHONY: run test serve test-postgres bench bench-quick setup system-deps migrate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,29 @@ test: setup
 	else \
 		DJANGO_DEBUG=1 $(BIN)/python -m devstack.redis_server -- $(BIN)/pytest $(PYTEST_ARGS); \
 	fi
+
+# Production mode, as in the container: migrate, collectstatic, then daphne (README, Deploying).
+serve: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" deploy/entrypoint.sh start
+
+# The database-facing tests, and the containers' commands, on a private PostgreSQL (Debian's postgresql package).
+POSTGRES_TESTS ?= tests/accounts tests/streaming/test_consumer_admission.py tests/e2e/test_admission.py \
+	tests/e2e/test_deployment.py
+test-postgres: setup
+	$(BIN)/python -m devstack.postgres_server -- \
+		$(MAKE) --no-print-directory test PYTEST_ARGS="$(POSTGRES_TESTS) $(PYTEST_ARGS)"
+
+# Benchmarks (BENCHMARKS.md): the full run writes bench/results/ and the plot; the quick one takes about a minute.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,postgres,bench]'
+	touch $(BENCH_STAMP)
+
+bench: setup $(BENCH_STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-quick: setup $(BENCH_STAMP)
+	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var

@@ -6,11 +6,14 @@ misconfigured production setting raises ``ImproperlyConfigured`` at start-up rat
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+
+from cutemarkets import redis_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -27,7 +30,7 @@ def env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {raw!r}.")
 
 
-def env_float(name: str, default: float) -> float:
+def env_float(name: str, default: float, allow_zero: bool = False) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -35,8 +38,8 @@ def env_float(name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}.") from None
-    if value <= 0:
-        raise ImproperlyConfigured(f"{name} must be positive, got {raw!r}.")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ImproperlyConfigured(f"{name} must be {'zero or ' if allow_zero else ''}positive, got {raw!r}.")
     return value
 
 
@@ -76,7 +79,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "cutemarkets.probes.OperatorEndpointsMiddleware",  # /healthz, /readyz, /metrics: before the Host check
     "django.middleware.security.SecurityMiddleware",
+    "cutemarkets.static_files.AsgiWhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -114,7 +119,8 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # End-to-end tests run daphne in a child process: the test database must be a file both can open.
     LOCAL_DATA_DIR.mkdir(exist_ok=True)
-    DATABASES["default"]["TEST"] = {"NAME": str(LOCAL_DATA_DIR / "test-db.sqlite3")}
+    # One file per test run (named by the pytest process), so that concurrent runs in one checkout never collide.
+    DATABASES["default"]["TEST"] = {"NAME": str(LOCAL_DATA_DIR / f"test-db-{os.getpid()}.sqlite3")}
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
 
 AUTH_USER_MODEL = "accounts.User"
@@ -133,9 +139,22 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = LOCAL_DATA_DIR / "static"
+STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT") or LOCAL_DATA_DIR / "static")
+# Production serves collected, hashed and compressed files itself (WhiteNoise); debug serves them from the apps.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+if DEBUG:
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # empty until collectstatic; WhiteNoise warns about a missing one
 
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+# Set REDIS_SENTINELS (and REDIS_SENTINEL_MASTER) to follow a Sentinel-monitored master instead of REDIS_URL.
+REDIS_SENTINEL = redis_config.sentinel_from_env(os.environ)
 
 # Redis reads block for up to 5 s in channels-redis (BRPOP); redis-py would time such reads out at 5 s by default.
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 30.0)
@@ -143,11 +162,12 @@ REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 30.0)
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
-        "LOCATION": REDIS_URL,
+        "LOCATION": redis_config.cache_location(REDIS_URL, REDIS_SENTINEL),
         "KEY_PREFIX": "cm",
         "OPTIONS": {
             "SOCKET_CONNECT_TIMEOUT": 2,
             "SOCKET_TIMEOUT": 2,
+            **redis_config.cache_options(REDIS_SENTINEL),
         },
     }
 }
@@ -156,7 +176,7 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [{"address": REDIS_URL, "socket_timeout": REDIS_SOCKET_TIMEOUT}],
+            "hosts": [redis_config.channel_layer_host(REDIS_URL, REDIS_SENTINEL, REDIS_SOCKET_TIMEOUT)],
             "prefix": "cm:layer:",
             "capacity": 500,
             "expiry": 30,
@@ -164,14 +184,19 @@ CHANNEL_LAYERS = {
     }
 }
 
+LOG_FORMAT = os.environ.get("LOG_FORMAT") or "plain"
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be 'plain' or 'json', got {LOG_FORMAT!r}.")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "cutemarkets.logging.JsonFormatter"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT},
     },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {
@@ -182,6 +207,17 @@ LOGGING = {
         "daphne.ws_protocol": {"level": "WARNING"},
     },
 }
+
+# --- Operations: metrics access and graceful shutdown ------------------------------------------------------------
+try:
+    METRICS_ALLOWED_NETWORKS = tuple(
+        ipaddress.ip_network(network, strict=False)
+        for network in env_list("METRICS_ALLOWED_NETWORKS", ["127.0.0.1/32", "::1/128"])
+    )
+except ValueError as error:
+    raise ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS must list networks like 10.0.0.0/8: {error}") from None
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+GATEWAY_SHUTDOWN_TIMEOUT = env_float("GATEWAY_SHUTDOWN_TIMEOUT", 10.0)
 
 # --- Streaming gateway (read through streaming.conf.stream_settings) ---------------------------------------------
 UPSTREAM_API_KEY = os.environ.get("UPSTREAM_API_KEY", "")
@@ -198,12 +234,22 @@ if STREAM_LOCK_FAILURE_MODE not in {"closed", "open"}:
     raise ImproperlyConfigured(
         f"STREAM_LOCK_FAILURE_MODE must be 'closed' or 'open', got {STREAM_LOCK_FAILURE_MODE!r}."
     )
-STREAM_LOCK_WAIT = env_float("STREAM_LOCK_WAIT", 1.0)
+STREAM_LOCK_WAIT = env_float("STREAM_LOCK_WAIT", 1.0, allow_zero=True)
 STREAM_AUTH_TIMEOUT = env_float("STREAM_AUTH_TIMEOUT", 5.0)
 STREAM_REJECT_GRACE = env_float("STREAM_REJECT_GRACE", 1.0)
 STREAM_ALLOWED_ORIGINS = env_list("STREAM_ALLOWED_ORIGINS", [])
 STREAM_UPSTREAM_IDLE_SECONDS = env_float("STREAM_UPSTREAM_IDLE_SECONDS", 30.0)
+STREAM_UPSTREAM_SILENCE_SECONDS = env_float("STREAM_UPSTREAM_SILENCE_SECONDS", 0.0, allow_zero=True)
 STREAM_CLIENT_BUFFER_BYTES = int(env_float("STREAM_CLIENT_BUFFER_BYTES", 4 * 1024 * 1024))
 STREAM_CLIENT_MESSAGE_RATE = env_float("STREAM_CLIENT_MESSAGE_RATE", 20.0)
 STREAM_CLIENT_MESSAGE_BURST = int(env_float("STREAM_CLIENT_MESSAGE_BURST", 100))
 STREAM_CLIENT_REFUSALS_BEFORE_CLOSE = int(env_float("STREAM_CLIENT_REFUSALS_BEFORE_CLOSE", 50))
+# How upstream frames reach this process's clients: "process" (its own upstream connection per market) or "relay"
+# (through Redis from the market's feed relay, `manage.py run_feed_relay`; README, Scaling out).
+STREAM_FANOUT = os.environ.get("STREAM_FANOUT") or "process"
+if STREAM_FANOUT not in {"process", "relay"}:
+    raise ImproperlyConfigured(f"STREAM_FANOUT must be 'process' or 'relay', got {STREAM_FANOUT!r}.")
+STREAM_RELAY_PREFIX = os.environ.get("STREAM_RELAY_PREFIX") or "cm:relay:"
+STREAM_RELAY_REGISTRATION_TTL = env_float("STREAM_RELAY_REGISTRATION_TTL", 15.0)
+STREAM_RELAY_UNSUBSCRIBE_GRACE = env_float("STREAM_RELAY_UNSUBSCRIBE_GRACE", 5.0, allow_zero=True)
+STREAM_RELAY_LEASE_TTL = env_float("STREAM_RELAY_LEASE_TTL", 5.0)

@@ -16,6 +16,8 @@ from django.dispatch import receiver
 MARKETS = ("options", "stocks")
 FAILURE_MODE_CLOSED = "closed"
 FAILURE_MODE_OPEN = "open"
+FANOUT_PROCESS = "process"
+FANOUT_RELAY = "relay"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,14 +40,25 @@ class StreamSettings:
     reject_grace: float
     allowed_origins: tuple[str, ...]
     upstream_idle_seconds: float
+    upstream_silence_seconds: float
     client_buffer_bytes: int
     client_message_rate: float
     client_message_burst: int
     client_refusals_before_close: int
+    fanout: str
+    relay_prefix: str
+    relay_registration_ttl: float
+    relay_unsubscribe_grace: float
+    relay_lease_ttl: float
 
     def upstream(self, market: str) -> Upstream | None:
+        """The market's upstream if this process serves the market. In relay mode the feed relays hold the key,
+        so a gateway needs only the market's URL (which it never connects to) to serve it."""
         upstream = self.upstreams.get(market)
-        return upstream if upstream is not None and upstream.configured else None
+        if upstream is None:
+            return None
+        served = bool(upstream.url) if self.fanout == FANOUT_RELAY else upstream.configured
+        return upstream if served else None
 
 
 @lru_cache(maxsize=1)
@@ -62,10 +75,16 @@ def stream_settings() -> StreamSettings:
         reject_grace=settings.STREAM_REJECT_GRACE,
         allowed_origins=tuple(settings.STREAM_ALLOWED_ORIGINS),
         upstream_idle_seconds=settings.STREAM_UPSTREAM_IDLE_SECONDS,
+        upstream_silence_seconds=settings.STREAM_UPSTREAM_SILENCE_SECONDS,
         client_buffer_bytes=settings.STREAM_CLIENT_BUFFER_BYTES,
         client_message_rate=settings.STREAM_CLIENT_MESSAGE_RATE,
         client_message_burst=settings.STREAM_CLIENT_MESSAGE_BURST,
         client_refusals_before_close=settings.STREAM_CLIENT_REFUSALS_BEFORE_CLOSE,
+        fanout=settings.STREAM_FANOUT,
+        relay_prefix=settings.STREAM_RELAY_PREFIX,
+        relay_registration_ttl=settings.STREAM_RELAY_REGISTRATION_TTL,
+        relay_unsubscribe_grace=settings.STREAM_RELAY_UNSUBSCRIBE_GRACE,
+        relay_lease_ttl=settings.STREAM_RELAY_LEASE_TTL,
     )
 
 

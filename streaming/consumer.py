@@ -18,13 +18,10 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from accounts.keys import Entitlement, record_use
-from streaming import codes, protocol
+from streaming import codes, metrics, protocol
 from streaming.admission import Rejection, Rule, decide, reject
 from streaming.conf import FAILURE_MODE_OPEN, stream_settings
 from streaming.control import user_group
-from streaming.daphne_shim import get_flow_control
-from streaming.hub import UpstreamHub
-from streaming.lock import ConnectionLock, LockLossReason, LockUnavailable, hold, local_locks
 from streaming.credentials import (
     SOURCE_MESSAGE,
     Credential,
@@ -32,9 +29,13 @@ from streaming.credentials import (
     StreamAuth,
     resolve_credential,
 )
+from streaming.daphne_shim import get_flow_control
+from streaming.hub import UpstreamHub
+from streaming.lock import ConnectionLock, LockLossReason, LockUnavailable, hold, local_locks
 from streaming.outbox import Outbox
 from streaming.ratelimit import TokenBucket
 from streaming.redis_client import redis_client
+from streaming.upstream import UpstreamError
 
 logger = logging.getLogger("cutemarkets.stream")
 
@@ -56,10 +57,11 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
     entitlement: Entitlement | None = None
     credential: Credential | None = None
     lock: ConnectionLock | None = None
-    local_lock_held = False
+    local_lock: tuple[int, str] | None = None  # (user id, token) in this process's LocalLocks (fail-open mode)
     closed_with: int | None = None
     hub: UpstreamHub | None = None
     outbox: Outbox | None = None
+    control_group: str | None = None
 
     async def __call__(self, scope, receive, send):
         self._tasks: set[asyncio.Task] = set()
@@ -107,6 +109,11 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
             time.monotonic() - self._opened_at,
         )
         self.phase = Phase.CLOSED
+        if self.entitlement is not None:
+            metrics.connection_closed(self.market, self.closed_with if self.closed_with is not None else code)
+        # Release at once, not when the consumer's tasks have wound down: on Python 3.11 a cancelled Redis read can
+        # linger for seconds, and the user's next connection must not meet a stale lock.
+        await self._cleanup()
 
     async def _cleanup(self) -> None:
         for task in list(self._tasks):
@@ -114,21 +121,24 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         if self.outbox is not None:
             self.outbox.stop()
         if self.hub is not None:
-            self.hub.detach(self)
+            hub, self.hub = self.hub, None
+            hub.detach(self)
         if self.lock is not None:
             lock, self.lock = self.lock, None
             try:
                 await lock.release()
             except LockUnavailable:
-                logger.warning("lock of user %s not released (Redis unreachable); it expires by TTL", lock.user_id)
-        if self.local_lock_held and self.entitlement is not None:
-            local_locks.release(self.entitlement.user_id, self.channel_name)
-            self.local_lock_held = False
-        if self.entitlement is not None and self.channel_layer is not None:
+                if lock.confirmed_at is not None:
+                    logger.warning("lock of user %s not released (Redis unreachable); it expires by TTL", lock.user_id)
+        if self.local_lock is not None:
+            local_locks.release(*self.local_lock)
+            self.local_lock = None
+        if self.control_group is not None:
+            group, self.control_group = self.control_group, None
             try:
-                await self.channel_layer.group_discard(user_group(self.entitlement.user_id), self.channel_name)
+                await self.channel_layer.group_discard(group, self.channel_name)
             except Exception:
-                logger.warning("could not leave the control group of user %s", self.entitlement.user_id)
+                logger.warning("could not leave control group %s", group)
 
     # --- admission ------------------------------------------------------------------------------------------------
 
@@ -147,41 +157,54 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
             return
         self.entitlement = decision
         self.credential = credential
+        metrics.admitted(self.market)
         if self.channel_layer is not None:
-            await self.channel_layer.group_add(user_group(decision.user_id), self.channel_name)
+            self.control_group = user_group(decision.user_id)
+            await self.channel_layer.group_add(self.control_group, self.channel_name)
         await self.send(codes.AUTH_SUCCESS_FRAME)
         self.hub = UpstreamHub.for_market(self.market)
-        self.outbox = Outbox(self.send, stream_settings().client_buffer_bytes, get_flow_control(self.scope))
+        self.outbox = Outbox(self._send_frame, stream_settings().client_buffer_bytes, get_flow_control(self.scope))
         self.outbox.start()
         self.phase = Phase.ADMITTED
         logger.info(
             "stream accepted user=%s key=%s market=%s plan=%s via=%s",
             decision.user_id, decision.key_prefix, self.market, decision.plan, credential.source,
         )
-        self._spawn(database_sync_to_async(record_use)(decision))
+        self._spawn(self._record_use(decision))
 
     async def _acquire_lock(self, entitlement: Entitlement) -> Rejection | None:
         settings = stream_settings()
         lock = ConnectionLock(redis_client(), entitlement.user_id, ttl=settings.lock_ttl)
+        fail_open = settings.lock_failure_mode == FAILURE_MODE_OPEN
+        if fail_open:
+            # In open mode the per-process lock is always taken too, so that it still holds if Redis comes back.
+            if not local_locks.try_acquire(entitlement.user_id, lock.token):
+                return reject(Rule.ALREADY_CONNECTED)
+            self.local_lock = (entitlement.user_id, lock.token)
+        self.lock = lock  # released on every exit path; the release is token-checked, so always safe
         try:
             acquired = await self._acquire_patiently(lock, settings.lock_wait)
         except LockUnavailable:
-            if settings.lock_failure_mode != FAILURE_MODE_OPEN:
+            if not fail_open:
                 logger.error("admission refused: Redis unreachable (STREAM_LOCK_FAILURE_MODE=closed)")
                 return reject(Rule.LOCK_UNAVAILABLE)
             logger.critical(
                 "FAIL-OPEN admission of user %s without the Redis lock (only this process is checked)",
                 entitlement.user_id,
             )
-            if not local_locks.try_acquire(entitlement.user_id, self.channel_name):
-                return reject(Rule.ALREADY_CONNECTED)
-            self.local_lock_held = True
             return None
         if not acquired:
             return reject(Rule.ALREADY_CONNECTED)
-        self.lock = lock
         self._spawn(hold(lock, self._on_lock_lost))
         return None
+
+    @staticmethod
+    async def _record_use(entitlement: Entitlement) -> None:
+        """Stamp the key's last use off the admission path; bookkeeping never fails a stream."""
+        try:
+            await database_sync_to_async(record_use)(entitlement)
+        except Exception as error:
+            logger.warning("last_used_at of key %s not recorded: %s", entitlement.key_prefix, type(error).__name__)
 
     @staticmethod
     async def _acquire_patiently(lock: ConnectionLock, wait: float) -> bool:
@@ -197,7 +220,7 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         return True
 
     async def _on_lock_lost(self, reason: LockLossReason) -> None:
-        self.lock = None  # not ours any more (or unknown): never release someone else's
+        metrics.lock_refresh_failure(reason.value)
         if reason is LockLossReason.LOST:
             await self._close_with(reject(Rule.ALREADY_CONNECTED))
         else:
@@ -263,19 +286,23 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
 
     async def _on_stream_request(self, message: protocol.ClientMessage) -> None:
         items, errors = protocol.parse_subscriptions(message.params, self.market)
+        error_frames = [codes.status_frame(codes.STATUS_ERROR, error) for error in errors]
         if message.action == protocol.ACTION_SUBSCRIBE:
             items, refused = self._within_plan_cap(items)
-            errors.extend(refused)
-            if items:
-                await self.hub.subscribe(self, items)
-            acks = [f"subscribed to: {item}" for item in items]
+            error_frames += [codes.status_frame(codes.STATUS_ERROR, error) for error in refused]
+            acks = [codes.status_frame(codes.STATUS_SUCCESS, f"subscribed to: {item}") for item in items]
+            if not items:
+                self._queue(error_frames)
+                return
+            try:
+                await self.hub.subscribe(self, items, acknowledge=lambda: self._queue(acks + error_frames))
+            except UpstreamError as error:
+                await self._close(codes.CLOSE_INTERNAL_ERROR, codes.STATUS_ERROR, str(error))
         else:
             if items:
                 await self.hub.unsubscribe(self, items)
-            acks = [f"unsubscribed to: {item}" for item in items]
-        frames = [codes.status_frame(codes.STATUS_SUCCESS, ack) for ack in acks]
-        frames += [codes.status_frame(codes.STATUS_ERROR, error) for error in errors]
-        self._queue(frames)
+            acks = [codes.status_frame(codes.STATUS_SUCCESS, f"unsubscribed to: {item}") for item in items]
+            self._queue(acks + error_frames)
 
     def _within_plan_cap(self, items: list[protocol.Subscription]) -> tuple[list, list[str]]:
         """Split requested items into those the plan's per-connection cap allows and refusal messages."""
@@ -313,6 +340,7 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
 
     def deliver(self, frames: list[str]) -> None:
         if self.phase is Phase.ADMITTED and not self.outbox.put(frames):
+            metrics.slow_consumer(self.market)
             self.phase = Phase.CLOSING
             self.outbox.stop()
             self._spawn(self._close(
@@ -337,6 +365,10 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         else:
             await self.send(frame)
 
+    async def _send_frame(self, frame: str) -> None:
+        await self.send(frame)
+        metrics.forwarded(self.market, 1, len(frame))
+
     def _queue(self, frames: list[str]) -> None:
         """After admission everything goes through the outbox, so acks stay in order with data."""
         if frames:
@@ -349,6 +381,8 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         """The last word: one status message, then the close (queued data is dropped)."""
         if self.phase is Phase.CLOSED:
             return
+        if self.entitlement is None:
+            metrics.rejected(self.market, code)
         logger.info(
             "stream closing code=%s status=%s rule=%s user=%s market=%s",
             code, status, rule or "-", getattr(self.entitlement, "user_id", None), self.market,

@@ -1,11 +1,12 @@
-"""Shim over daphne's WebSocket close path and send-side flow control.
+"""Shim over daphne's WebSocket close path, send-side flow control, shutdown and access log.
 
 daphne hands ``websocket.close`` to autobahn's ``sendClose``, which refuses every code but 1000 and 3000-4999 (so
 1001/1008/1011 reach the client only through daphne's crash path) and drops the ASGI ``reason``; and it writes every
 ``websocket.send`` straight into the Twisted transport, so a client that stops reading makes the server buffer without
-bound. ``install()`` patches two daphne methods so that any sendable close code and its reason leave as a clean close
-frame, and so that each WebSocket scope carries a ``FlowControl`` extension telling the application when the socket is
-not draining.
+bound. ``install()`` patches daphne so that any sendable close code and its reason leave as a clean close frame, so
+that each WebSocket scope carries a ``FlowControl`` extension telling the application when the socket is not draining,
+so that SIGTERM closes every WebSocket with 1001 and lets the apps clean up (``streaming.shutdown``), and so that its
+access log never shows a query string (browsers send their API key in one) and goes through Python logging.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ least 1 s, and still drops a client that does not read its close frame within 2 
 """
 
 _PATCH_MARKER = "_cutemarkets_daphne_shim"
+
+access_logger = logging.getLogger("cutemarkets.access")
 
 
 def sanitize_close(code: int | None, reason: str | None) -> tuple[int, bytes]:
@@ -169,10 +172,13 @@ def install() -> bool:
     server_module = sys.modules.get("daphne.server")
     if server_module is None:
         return False
+    from daphne.access import AccessLogGenerator
     from daphne.ws_protocol import WebSocketProtocol
 
     _patch(WebSocketProtocol, "handle_reply", _patched_handle_reply)
     _patch(server_module.Server, "create_application", _patched_create_application)
+    _patch(server_module.Server, "kill_all_applications", _patched_kill_all_applications)
+    _patch(AccessLogGenerator, "write_entry", _patched_write_entry)
     return True
 
 
@@ -192,15 +198,25 @@ def _patched_handle_reply(original: Callable[..., None]) -> Callable[..., None]:
         daphne passes only the code to autobahn's ``sendClose``, which raises for anything but 1000 and 3000-4999 (the
         app's ``send`` fails, daphne logs the traceback and closes with 1011 a second later) and the ASGI ``reason`` is
         dropped. ``sendCloseFrame`` sends any code, so ``sanitize_close`` vets it first; the close handshake gets
-        ``CLOSE_HANDSHAKE_TIMEOUT_SECONDS``. A close before accept (HTTP 403) and every other message go to daphne
-        unchanged.
+        ``CLOSE_HANDSHAKE_TIMEOUT_SECONDS``. A ``websocket.send`` once the close handshake has begun is dropped, as
+        daphne drops it once the socket is closed (autobahn would raise in the app's ``send``); a socket accepted
+        while the server shuts down is closed with 1001 at once. A close before accept (HTTP 403) and every other
+        message go to daphne unchanged.
         """
-        if message.get("type") == "websocket.close" and self.state != self.STATE_CONNECTING:
+        kind = message.get("type")
+        if kind == "websocket.send" and self.state in (self.STATE_CLOSING, self.STATE_CLOSED):
+            return
+        if kind == "websocket.close" and self.state != self.STATE_CONNECTING:
             code, reason = sanitize_close(message.get("code"), message.get("reason"))
             self.closeHandshakeTimeout = CLOSE_HANDSHAKE_TIMEOUT_SECONDS
             self.sendCloseFrame(code=code, reasonUtf8=reason, isReply=False)
             return
         original(self, message)
+        if kind == "websocket.accept":
+            from streaming import shutdown
+
+            if shutdown.is_draining(self.server):
+                shutdown.close_going_away(self)
 
     return handle_reply
 
@@ -217,3 +233,35 @@ def _patched_create_application(original: Callable[..., Any]) -> Callable[..., A
         return original(self, protocol, scope)
 
     return create_application
+
+
+def _patched_kill_all_applications(original: Callable[..., Any]) -> Callable[..., Any]:
+    def kill_all_applications(self: Any) -> Any:
+        """daphne's "before shutdown" trigger: drain gracefully (``streaming.shutdown``) instead of cancelling at once.
+
+        Returns a Deferred, so the reactor stops only once every WebSocket got its 1001 and the apps finished, or
+        the shutdown timeout passed. daphne's original would also fail on a connection with no application instance.
+        """
+        from twisted.internet import defer
+
+        from streaming import shutdown
+
+        return defer.Deferred.fromFuture(asyncio.ensure_future(shutdown.drain(self, shutdown.drain_timeout())))
+
+    return kill_all_applications
+
+
+def _patched_write_entry(original: Callable[..., None]) -> Callable[..., None]:
+    def write_entry(
+        self: Any, host: Any, date: Any, request: str, status: Any = None, length: Any = None, **_: Any
+    ) -> None:
+        """One access-log line per request or WebSocket event, through the ``cutemarkets.access`` logger.
+
+        daphne logs an HTTP request's full URI, query string included, and a browser's key travels in ``?api_key=``;
+        the query string is cut off here, whatever the protocol. Going through logging gives the line the process's
+        format (``LOG_FORMAT=json``) instead of daphne's own stream.
+        """
+        method, _, target = request.partition(" ")
+        access_logger.info("%s %s %s %s %s", host, method, target.split("?", 1)[0], status or "-", length or "-")
+
+    return write_entry

@@ -45,6 +45,21 @@ class SubscriptionIndex:
     def clients(self) -> list[Hashable]:
         return list(self._group_of)
 
+    def group_count(self) -> int:
+        return len(self._groups)
+
+    def groups_taking_all(self, event_types: Iterable[str]) -> list[Group]:
+        """The groups holding the wildcard of each of *event_types*: they take every event of such a frame."""
+        candidates: set[Group] | None = None
+        for event_type in event_types:
+            groups = self._wildcard_groups.get(event_type)
+            if not groups:
+                return []
+            candidates = set(groups) if candidates is None else candidates & groups
+            if not candidates:
+                return []
+        return list(candidates or ())
+
     def clients_of(self, item: Subscription) -> list[Hashable]:
         """Clients whose subscriptions deliver *item*'s events (the item itself or its event type's wildcard)."""
         wildcard = Subscription(item.event_type, "*")
@@ -109,16 +124,20 @@ class SubscriptionIndex:
 
     # --- routing --------------------------------------------------------------------------------------------------
 
-    def route(self, events: Iterable[tuple[str, str, bytes]]) -> list[Group]:
-        """Append each (event type, symbol, encoded event) to the batch of every group that takes it.
+    def route(self, events: Iterable[tuple[str, str, bytes]], exclude: Iterable[Group] = ()) -> list[Group]:
+        """Append each (event type, symbol, encoded event) to the batch of every group that takes it, except the
+        groups in *exclude* (already served).
 
         Returns the groups that received something, in first-touched order; the caller sends and clears batches.
         """
         touched: list[Group] = []
         wildcard_groups = self._wildcard_groups
         symbol_groups = self._symbol_groups
+        skipped = set(exclude)
         for event_type, symbol, encoded in events:
             for group in wildcard_groups.get(event_type, ()):
+                if skipped and group in skipped:
+                    continue
                 if not group.batch:
                     touched.append(group)
                 group.batch.append(encoded)

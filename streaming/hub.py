@@ -13,14 +13,18 @@ import asyncio
 import logging
 import time
 import weakref
+from collections import Counter
+from collections.abc import Callable
 from typing import Protocol
 
 import orjson
 
+from streaming import metrics
 from streaming.backoff import Backoff
 from streaming.conf import stream_settings
-from streaming.fanout import SubscriptionIndex, encode_frames
+from streaming.fanout import MAX_FRAME_BYTES, SubscriptionIndex, encode_frames
 from streaming.protocol import Subscription
+from streaming.relay_source import open_upstream
 from streaming.upstream import UpstreamConnection, UpstreamError, UpstreamUnavailable
 
 logger = logging.getLogger("cutemarkets.hub")
@@ -29,6 +33,7 @@ STATUS_EVENT = "status"
 ACK_STATUS = "success"
 SUBSCRIBED_PREFIX = "subscribed to: "
 UPSTREAM_ACK_TIMEOUT_SECONDS = 5.0
+YIELD_INTERVAL_SECONDS = 0.005  # longest the router runs through a backlog before the client writers get a turn
 
 
 class Subscriber(Protocol):
@@ -48,11 +53,14 @@ class UpstreamHub:
         weakref.WeakKeyDictionary()
     )
 
-    def __init__(self, market: str, url: str, api_key: str, idle_seconds: float) -> None:
+    def __init__(
+        self, market: str, url: str, api_key: str, idle_seconds: float, silence_seconds: float = 0.0
+    ) -> None:
         self.market = market
         self.url = url
         self.api_key = api_key
         self.idle_seconds = idle_seconds
+        self.silence_seconds = silence_seconds
         self.index = SubscriptionIndex()
         self.backoff = Backoff()
         self.connected = asyncio.Event()
@@ -65,6 +73,9 @@ class UpstreamHub:
         self._wake = asyncio.Event()
         self._state_changed = asyncio.Event()
         self._pending_acks: dict[str, asyncio.Future] = {}
+        self._reserved: Counter[Subscription] = Counter()  # items of subscribe calls still in flight
+        self._failures = 0
+        self._last_failure = ""
 
     @classmethod
     def for_market(cls, market: str) -> "UpstreamHub":
@@ -76,7 +87,10 @@ class UpstreamHub:
             upstream = settings.upstream(market)
             if upstream is None:
                 raise LookupError(f"no upstream configured for {market}")
-            hub = hubs[market] = cls(market, upstream.url, upstream.api_key, settings.upstream_idle_seconds)
+            hub = hubs[market] = cls(
+                market, upstream.url, upstream.api_key, settings.upstream_idle_seconds,
+                settings.upstream_silence_seconds,
+            )
         return hub
 
     # --- client side ----------------------------------------------------------------------------------------------
@@ -84,22 +98,38 @@ class UpstreamHub:
     def subscriptions_of(self, client: Subscriber) -> frozenset[Subscription]:
         return self.index.subscriptions_of(client)
 
-    async def subscribe(self, client: Subscriber, items: list[Subscription]) -> None:
-        """Add *items* to the client's subscriptions; returns once the upstream has acknowledged them (or the
-        upstream failed, in which case the client has been told), so that the client's own ack tells the truth."""
-        self.index.set_subscriptions(client, self.index.subscriptions_of(client) | set(items))
-        self._ensure_running()
-        self._wake.set()
-        while not self.connected.is_set() and self.index.subscriptions_of(client):
-            await self._next_state_change()
-        await self._sync_upstream()
-        pending = [self._pending_acks[str(item)] for item in items if str(item) in self._pending_acks]
-        if pending:
-            try:
-                async with asyncio.timeout(UPSTREAM_ACK_TIMEOUT_SECONDS):
-                    await asyncio.wait(pending)
-            except TimeoutError:
-                logger.warning("upstream %s did not acknowledge %d subscription(s) in time", self.market, len(pending))
+    async def subscribe(
+        self, client: Subscriber, items: list[Subscription], acknowledge: Callable[[], None]
+    ) -> None:
+        """Subscribe the upstream to *items* if needed, wait for its acknowledgement, then call *acknowledge* and add
+        the items to the client's subscriptions in one step: the client's own acks precede every event they cover.
+
+        Raises UpstreamError when the upstream could not be opened or was lost meanwhile.
+        """
+        self._reserved.update(items)
+        try:
+            failures = self._failures
+            self._ensure_running()
+            self._wake.set()
+            while not self.connected.is_set():
+                if self._failures != failures:
+                    raise UpstreamUnavailable(self._last_failure)
+                await self._next_state_change()
+            await self._sync_upstream()
+            pending = [self._pending_acks[str(item)] for item in items if str(item) in self._pending_acks]
+            if pending:
+                try:
+                    async with asyncio.timeout(UPSTREAM_ACK_TIMEOUT_SECONDS):
+                        await asyncio.wait(pending)
+                except TimeoutError:
+                    logger.warning("upstream %s did not acknowledge %d item(s) in time", self.market, len(pending))
+            if self._failures != failures or not self.connected.is_set():
+                raise UpstreamUnavailable(self._last_failure)
+            acknowledge()
+            self.index.set_subscriptions(client, self.index.subscriptions_of(client) | set(items))
+        finally:
+            self._reserved.subtract(items)
+            self._reserved = +self._reserved  # drop zero counts
 
     async def unsubscribe(self, client: Subscriber, items: list[Subscription]) -> None:
         self.index.set_subscriptions(client, self.index.subscriptions_of(client) - set(items))
@@ -130,24 +160,31 @@ class UpstreamHub:
         if self._runner is None or self._runner.done():
             self._runner = asyncio.ensure_future(self._run())
 
+    def _has_demand(self) -> bool:
+        return bool(self._reserved) or bool(self.index.clients())
+
     async def _run(self) -> None:
         while await self._wait_for_clients():
             await self.backoff.wait()
-            if not self.index.clients():
+            if not self._has_demand():
                 continue
             connected_at = time.monotonic()
             try:
-                self._connection = await UpstreamConnection.open(self.url, self.api_key)
+                self._connection = await open_upstream(self.market, self.url, self.api_key)
                 connected_at = time.monotonic()
                 logger.info("upstream %s connected", self.market)
                 self._upstream_items = set()
                 self.connected.set()
+                metrics.upstream_state(self.market, True)
                 self._announce_state_change()
                 await self._sync_upstream()
                 await self._pump(self._connection)
             except UpstreamError as error:
+                metrics.upstream_reconnect(self.market)
                 logger.warning("upstream %s failed: %s", self.market, error)
-                self._fail_clients(f"upstream feed unavailable: {error}")
+                self._failures += 1
+                self._last_failure = f"upstream feed unavailable: {error}"
+                self._fail_clients(self._last_failure)
                 self.backoff.record_failure(time.monotonic() - connected_at)
                 self._announce_state_change()
             finally:
@@ -156,7 +193,7 @@ class UpstreamHub:
     async def _wait_for_clients(self) -> bool:
         """True while the hub has clients, or gets one within the idle period; False when it should stop."""
         deadline = time.monotonic() + self.idle_seconds
-        while not self.index.clients():
+        while not self._has_demand():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
@@ -171,20 +208,37 @@ class UpstreamHub:
     async def _pump(self, connection: UpstreamConnection) -> None:
         """Route frames until the connection ends, or until nobody has needed it for the idle period."""
         frames = connection.frames().__aiter__()
+        yield_at = time.monotonic() + YIELD_INTERVAL_SECONDS
         while True:
-            if not self.index.clients():
+            if not self._has_demand():
                 if not await self._wait_for_clients_while_reading(frames):
                     return
                 continue
-            self._dispatch(await anext(frames))
+            self._dispatch(await self._next_frame(frames))
             # A backlog of frames would otherwise be routed without ever letting the client writers (and daphne's
-            # reactor) run: give them their turn after each frame, or fast clients look slow.
-            await asyncio.sleep(0)
+            # reactor) run: give them their turn at least every YIELD_INTERVAL_SECONDS, or fast clients look slow.
+            # Not after every frame: frames routed in one go leave as one merged frame per client (see Outbox), so
+            # under load each client costs one send per turn rather than one per upstream frame. Without a backlog
+            # the next read suspends anyway and the writers run at once.
+            now = time.monotonic()
+            if now >= yield_at:
+                await asyncio.sleep(0)
+                yield_at = time.monotonic() + YIELD_INTERVAL_SECONDS
+
+    async def _next_frame(self, frames) -> str | bytes:
+        """The next frame; with a silence limit set, a feed that stays quiet that long counts as stalled."""
+        if not self.silence_seconds:
+            return await anext(frames)
+        try:
+            async with asyncio.timeout(self.silence_seconds):
+                return await anext(frames)
+        except TimeoutError:
+            raise UpstreamUnavailable(f"upstream sent nothing for {self.silence_seconds:g} s (stalled)") from None
 
     async def _wait_for_clients_while_reading(self, frames) -> bool:
         # Keep reading (and discarding) while idle, so the socket answers pings and we notice a drop.
         deadline = time.monotonic() + self.idle_seconds
-        while not self.index.clients():
+        while not self._has_demand():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 logger.info("upstream %s idle for %.0f s: closing", self.market, self.idle_seconds)
@@ -199,6 +253,7 @@ class UpstreamHub:
 
     async def _disconnect(self) -> None:
         self.connected.clear()
+        metrics.upstream_state(self.market, False)
         connection, self._connection = self._connection, None
         self._upstream_items = set()
         for future in self._pending_acks.values():
@@ -214,7 +269,7 @@ class UpstreamHub:
             connection = self._connection
             if connection is None or not self.connected.is_set():
                 return
-            wanted = {str(item) for item in self.index.upstream_items()}
+            wanted = {str(item) for item in self.index.upstream_items() | self._reserved.keys()}
             added = wanted - self._upstream_items
             removed = self._upstream_items - wanted
             try:
@@ -235,7 +290,12 @@ class UpstreamHub:
             client.upstream_failed(message)
 
     def _dispatch(self, frame: str | bytes) -> None:
-        """Route one upstream frame: each event encoded once, batched per group of identical subscriptions."""
+        """Route one upstream frame, batched per group of identical subscriptions.
+
+        A group that takes every event of the frame (its wildcards cover all the frame's event types) gets the
+        upstream frame itself, unchanged; the other groups get frames built from their events, each event encoded
+        once (and only when such a group exists).
+        """
         try:
             events = orjson.loads(frame)
         except orjson.JSONDecodeError:
@@ -252,8 +312,22 @@ class UpstreamHub:
                 continue
             symbol = event.get("sym", event.get("T"))  # LULD and NOI carry the ticker in T
             if isinstance(event_type, str) and isinstance(symbol, str):
-                routed.append((event_type, symbol, orjson.dumps(event)))
-        for group in self.index.route(routed):
+                routed.append((event_type, symbol, event))
+        if not routed:
+            return
+        whole: list = []
+        if len(routed) == len(events) and _utf8_length(frame) < MAX_FRAME_BYTES:
+            whole = self.index.groups_taking_all({event_type for event_type, _, _ in routed})
+            if whole:
+                frames = [frame if isinstance(frame, str) else frame.decode()]
+                for group in whole:
+                    for client in group.members:
+                        client.deliver(frames)
+                if len(whole) == self.index.group_count():
+                    return
+        dumps = orjson.dumps
+        for group in self.index.route([(event_type, symbol, dumps(event)) for event_type, symbol, event in routed],
+                                      exclude=whole):
             frames = encode_frames(group.batch)
             group.batch = []
             for client in group.members:
@@ -283,3 +357,9 @@ class UpstreamHub:
         task = asyncio.ensure_future(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _utf8_length(frame: str | bytes) -> int:
+    if isinstance(frame, bytes) or frame.isascii():
+        return len(frame)
+    return len(frame.encode("utf-8", "surrogatepass"))

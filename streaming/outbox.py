@@ -4,6 +4,10 @@ daphne never pushes back on ``send()``: it buffers whatever the application send
 that stops reading is caught instead: it holds at most ``limit_bytes`` of frames, the writer only sends while the
 transport drains (daphne's flow-control extension, see ``streaming.daphne_shim``), and ``put`` reports an overflow
 so the consumer can close the client with ``slow_consumer``. Other clients never wait for it.
+
+Frames that queue up behind a busy socket (or behind a busy process) leave as one: the writer merges what is queued
+into a single JSON array, up to the frame size limit, keeping the order. Each send costs the server (and the client)
+the same whatever its size, so a client that fell behind catches up in a few large frames instead of many small ones.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from streaming.daphne_shim import FlowControl
+from streaming.fanout import MAX_FRAME_BYTES
 
 
 class Outbox:
@@ -65,6 +70,29 @@ class Outbox:
                 await flow_control.wait_writable()
                 if flow_control.is_closed():
                     return
-            frame = self._frames.popleft()
-            self._queued_bytes -= len(frame)
-            await self._send(frame)
+            await self._send(self._next_frame())
+
+    def _next_frame(self) -> str:
+        """The first queued frame, merged with those behind it into one array while it stays under the limit."""
+        frames = self._frames
+        frame = frames.popleft()
+        taken = len(frame)
+        if frames:
+            parts = [frame]
+            size = _utf8_length(frame)
+            while frames:
+                following = frames[0]
+                grown = size + _utf8_length(following) - 1  # one array: drop a "]" and a "[", add a ","
+                if grown >= MAX_FRAME_BYTES or len(following) <= 2 or len(frame) <= 2:
+                    break
+                parts.append(frames.popleft())
+                taken += len(following)
+                size = grown
+            if len(parts) > 1:
+                frame = "[" + ",".join([part[1:-1] for part in parts]) + "]"
+        self._queued_bytes -= taken
+        return frame
+
+
+def _utf8_length(frame: str) -> int:
+    return len(frame) if frame.isascii() else len(frame.encode("utf-8", "surrogatepass"))

@@ -24,6 +24,7 @@ EVENT_TYPES = {
 }
 SYMBOL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:/_\-]{0,39}")
 ECHO_LIMIT = 48  # how much of a client's bad input is quoted back
+MAX_ITEM_ERRORS = 10  # invalid items named per message; the rest are counted in one more error
 
 MESSAGE_INVALID_JSON = "Invalid JSON"
 MESSAGE_BINARY = "binary frames are not supported: send JSON text"
@@ -91,35 +92,59 @@ def parse_client_message(text: str | None, data: bytes | None = None) -> ClientM
     return ClientMessage(action=action, params=message.get("params"))
 
 
+def more_invalid_items_message(count: int) -> str:
+    return f"{count} more invalid item{'s' if count != 1 else ''} not listed (at most {MAX_ITEM_ERRORS} per message)"
+
+
+def item_error(item: str, market: str) -> str | None:
+    """What is wrong with one (stripped, non-empty) item, or None if it is a valid subscription."""
+    event_type, dot, symbol = item.partition(".")
+    event_types = EVENT_TYPES[market]
+    if not dot:
+        return f"invalid subscription {echo(item)!r}: expected EVENT.SYMBOL, e.g. T.AAPL"
+    if event_type not in event_types:
+        return (
+            f"unknown event type {echo(event_type)!r} in {echo(item)!r} for {market} "
+            f"(valid: {', '.join(event_types)})"
+        )
+    if not symbol:
+        return f"empty symbol in {echo(item)!r}"
+    if symbol != WILDCARD and not SYMBOL_PATTERN.fullmatch(symbol):
+        return f"invalid symbol in {echo(item)!r}"
+    return None
+
+
 def parse_subscriptions(params: object, market: str) -> tuple[list[Subscription], list[str]]:
-    """Split ``"T.AAPL, Q.BRK.B,AM.*"`` into items (on the first dot only); return (items, error messages)."""
+    """Split ``"T.AAPL, Q.BRK.B,AM.*"`` into items (on the first dot only); return (items, error messages).
+
+    The first ``MAX_ITEM_ERRORS`` invalid items are named, the others counted in one last error: a 64 KiB message of
+    one-letter items would otherwise be answered with 32,000 errors (~3.4 MB), enough for three such messages to
+    overflow the client's outbox and close it as a slow consumer.
+    """
     if not isinstance(params, str):
         return [], [MESSAGE_BAD_PARAMS]
     items: list[Subscription] = []
     errors: list[str] = []
+    unlisted = 0
     seen: set[Subscription] = set()
-    event_types = EVENT_TYPES[market]
     for raw in params.split(","):
         item = raw.strip()
         if not item:
             continue
-        event_type, dot, symbol = item.partition(".")
-        if not dot:
-            errors.append(f"invalid subscription {echo(item)!r}: expected EVENT.SYMBOL, e.g. T.AAPL")
-        elif event_type not in event_types:
-            errors.append(
-                f"unknown event type {echo(event_type)!r} in {echo(item)!r} for {market} "
-                f"(valid: {', '.join(event_types)})"
-            )
-        elif not symbol:
-            errors.append(f"empty symbol in {echo(item)!r}")
-        elif symbol != WILDCARD and not SYMBOL_PATTERN.fullmatch(symbol):
-            errors.append(f"invalid symbol in {echo(item)!r}")
-        else:
-            subscription = Subscription(event_type, symbol)
-            if subscription not in seen:
-                seen.add(subscription)
-                items.append(subscription)
+        error = item_error(item, market)
+        if error is not None:
+            if len(errors) < MAX_ITEM_ERRORS:
+                errors.append(error)
+            else:
+                unlisted += 1
+            continue
+        event_type, _, symbol = item.partition(".")
+        subscription = Subscription(event_type, symbol)
+        if subscription not in seen:
+            seen.add(subscription)
+            items.append(subscription)
+    if unlisted:
+        errors.append(more_invalid_items_message(unlisted))
     if not items and not errors:
         errors.append(MESSAGE_NO_ITEMS)
     return items, errors

@@ -10,9 +10,13 @@ import asyncio
 import weakref
 
 import redis.asyncio
+import redis.asyncio.sentinel
 from django.conf import settings
 
 SOCKET_TIMEOUT_SECONDS = 2.0
+HEALTH_CHECK_INTERVAL_SECONDS = 15
+POOL_SIZE = 64
+SENTINEL_POOL_SIZE = 4096  # Sentinel pools cannot block: make exhaustion unreachable instead
 
 _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis]" = weakref.WeakKeyDictionary()
 
@@ -21,11 +25,31 @@ def redis_client() -> redis.asyncio.Redis:
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None:
-        client = redis.asyncio.Redis.from_url(
-            settings.REDIS_URL,
-            socket_timeout=SOCKET_TIMEOUT_SECONDS,
-            socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
-            health_check_interval=15,
-        )
+        client = _connect()
         _clients[loop] = client
     return client
+
+
+def _connect() -> redis.asyncio.Redis:
+    """A client of ``REDIS_URL``, or of the current master named by the sentinels (``REDIS_SENTINELS``).
+
+    A Sentinel-managed client asks the sentinels for the master again whenever a connection to it fails, so after a
+    failover the next lock refresh reaches the new master (where the lock may be missing: see README, Sentinel).
+    """
+    options = {
+        "socket_timeout": SOCKET_TIMEOUT_SECONDS,
+        "socket_connect_timeout": SOCKET_TIMEOUT_SECONDS,
+        "health_check_interval": HEALTH_CHECK_INTERVAL_SECONDS,
+    }
+    sentinel = settings.REDIS_SENTINEL
+    if sentinel is None:
+        # redis-py's default pool refuses a command outright once 100 are in flight (MaxConnectionsError), which an
+        # admission burst reaches; a blocking pool makes the burst wait its turn instead.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            settings.REDIS_URL, max_connections=POOL_SIZE, timeout=SOCKET_TIMEOUT_SECONDS, **options
+        )
+        return redis.asyncio.Redis(connection_pool=pool)
+    sentinels = redis.asyncio.sentinel.Sentinel(list(sentinel.sentinels), sentinel_kwargs=sentinel.sentinel_kwargs())
+    return sentinels.master_for(
+        sentinel.master, db=sentinel.db, password=sentinel.password, max_connections=SENTINEL_POOL_SIZE, **options
+    )

@@ -28,8 +28,8 @@ def gateway_factory(transactional_db):
     """Start daphne gateways with extra environment; each is stopped and its log checked for keys afterwards."""
     started: list[GatewayProcess] = []
 
-    def start(name: str = "gateway", **env: str) -> GatewayProcess:
-        process = GatewayProcess(name, {**UNUSED_UPSTREAM_ENV, **env}).start()
+    def start(name: str = "gateway", args: tuple[str, ...] = (), **env: str) -> GatewayProcess:
+        process = GatewayProcess(name, {**UNUSED_UPSTREAM_ENV, **env}, args=args).start()
         started.append(process)
         return process
 

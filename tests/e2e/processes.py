@@ -54,8 +54,11 @@ def test_database_url() -> str:
 class GatewayProcess:
     """``daphne cutemarkets.asgi:application`` in a child process, with the test database and Redis."""
 
-    def __init__(self, name: str, env: dict[str, str] | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, name: str, env: dict[str, str] | None = None, port: int | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         self.name = name
+        self.args = args
         self.port = port or free_port()
         self.env = {
             **os.environ,
@@ -64,6 +67,7 @@ class GatewayProcess:
             "DATABASE_URL": test_database_url(),
             "REDIS_URL": settings.REDIS_URL,
             "PYTHONUNBUFFERED": "1",
+            "GATEWAY_SHUTDOWN_TIMEOUT": "2",
             **(env or {}),
         }
         LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -77,7 +81,7 @@ class GatewayProcess:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-             "--websocket_timeout", "-1", "cutemarkets.asgi:application"],
+             "--websocket_timeout", "-1", *self.args, "cutemarkets.asgi:application"],
             cwd=PROJECT_DIR, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()

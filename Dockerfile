@@ -1,0 +1,32 @@
+# The gateway image: daphne serving cutemarkets.asgi, also used for the feed simulator (docker-compose.yml).
+# Build: docker build -t cutemarkets-gateway .    Run: see README, "Deploying".
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DJANGO_SETTINGS_MODULE=cutemarkets.settings \
+    DJANGO_STATIC_ROOT=/app/var/static
+
+WORKDIR /app
+
+# Dependencies first, from pyproject.toml alone, so that code changes do not reinstall them.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(project['dependencies'] + project['optional-dependencies']['postgres']))" > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+COPY . .
+
+# The code stays root-owned and read-only; the service user may write only var/ (collected static files).
+RUN groupadd --system --gid 10001 gateway \
+    && useradd --system --uid 10001 --gid gateway --no-create-home --home-dir /app --shell /usr/sbin/nologin gateway \
+    && mkdir -p /app/var \
+    && chown gateway:gateway /app/var
+USER gateway
+
+EXPOSE 8000
+ENTRYPOINT ["deploy/entrypoint.sh"]
+CMD ["start"]

@@ -1,0 +1,124 @@
+"""The gateway's Prometheus metrics, and the one-line functions the consumer and the upstream hub call to update them.
+
+Each daphne process keeps its own registry (prometheus-client's default one, with process and GC metrics): every
+process listens on its own port, so Prometheus scrapes each process as its own target and sums across them.
+Label values are bounded (the two markets, a fixed set of close codes), never user ids or keys.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, disable_created_metrics
+
+from streaming.conf import MARKETS
+from streaming.lock import LockLossReason
+
+OTHER_LABEL = "other"
+"""Label value of a market or close code outside the known set (a client can name any path or close code)."""
+
+LABELLED_CLOSE_CODES = frozenset({1000, 1001, 1005, 1006, 1008, 1009, 1011, 1012, 4401, 4409})
+"""Close codes that get their own label value: the contract's codes and the usual RFC 6455 ones."""
+
+disable_created_metrics()  # no *_created series per counter: they double the output and nothing here reads them
+
+LIVE_CONNECTIONS = Gauge(
+    "cutemarkets_stream_connections", "Admitted WebSocket connections open now.", ["market"]
+)
+ADMISSIONS = Counter(
+    "cutemarkets_stream_admissions", "WebSocket connections admitted to stream.", ["market"]
+)
+REJECTIONS = Counter(
+    "cutemarkets_stream_rejections",
+    "WebSocket connections closed before admission, by close code (4401, 4409, 1011, 1008).",
+    ["market", "code"],
+)
+CLOSES = Counter(
+    "cutemarkets_stream_closes", "Admitted WebSocket connections that ended, by close code.", ["market", "code"]
+)
+FRAMES_FORWARDED = Counter(
+    "cutemarkets_stream_forwarded_frames", "Market-data frames sent to clients.", ["market"]
+)
+BYTES_FORWARDED = Counter(
+    "cutemarkets_stream_forwarded_bytes", "Bytes of market-data frames sent to clients.", ["market"]
+)
+UPSTREAM_CONNECTED = Gauge(
+    "cutemarkets_upstream_connected", "1 while this process's upstream feed connection is open, else 0.", ["market"]
+)
+UPSTREAM_RECONNECTS = Counter(
+    "cutemarkets_upstream_reconnects",
+    "Upstream connections that failed or were lost (each is retried with backoff while clients remain).",
+    ["market"],
+)
+SLOW_CONSUMER_DISCONNECTS = Counter(
+    "cutemarkets_stream_slow_consumer_disconnects", "Clients closed for not reading fast enough.", ["market"]
+)
+LOCK_REFRESH_FAILURES = Counter(
+    "cutemarkets_stream_lock_refresh_failures",
+    "Connection locks that could not be kept: lost (closed 4409) or Redis unreachable (closed 1011).",
+    ["reason"],
+)
+
+
+
+def _export_initial_series() -> None:
+    """Export each series whose labels are known in advance from the start, so rates and alerts see zeros."""
+    for market in MARKETS:
+        for metric in (LIVE_CONNECTIONS, ADMISSIONS, FRAMES_FORWARDED, BYTES_FORWARDED, UPSTREAM_CONNECTED,
+                       UPSTREAM_RECONNECTS, SLOW_CONSUMER_DISCONNECTS):
+            metric.labels(market)
+    for reason in LockLossReason:
+        LOCK_REFRESH_FAILURES.labels(reason.value)
+
+
+_export_initial_series()
+
+
+def market_label(market: str) -> str:
+    return market if market in MARKETS else OTHER_LABEL
+
+
+def code_label(code: int | None) -> str:
+    return str(code) if code in LABELLED_CLOSE_CODES else OTHER_LABEL
+
+
+def admitted(market: str) -> None:
+    """A connection passed admission (key, plan, lock) and now streams: once per connection."""
+    ADMISSIONS.labels(market_label(market)).inc()
+    LIVE_CONNECTIONS.labels(market_label(market)).inc()
+
+
+def rejected(market: str, code: int) -> None:
+    """A connection that was never admitted is being closed with *code*."""
+    REJECTIONS.labels(market_label(market), code_label(code)).inc()
+
+
+def connection_closed(market: str, code: int | None) -> None:
+    """An admitted connection ended with *code*: once per connection that ``admitted`` counted."""
+    LIVE_CONNECTIONS.labels(market_label(market)).dec()
+    CLOSES.labels(market_label(market), code_label(code)).inc()
+
+
+def forwarded(market: str, frames: int, size: int) -> None:
+    """*frames* frames totalling *size* bytes were handed to a client's socket."""
+    label = market_label(market)
+    FRAMES_FORWARDED.labels(label).inc(frames)
+    BYTES_FORWARDED.labels(label).inc(size)
+
+
+def upstream_state(market: str, up: bool) -> None:
+    """This process's upstream connection for *market* opened (True) or closed (False)."""
+    UPSTREAM_CONNECTED.labels(market_label(market)).set(1 if up else 0)
+
+
+def upstream_reconnect(market: str) -> None:
+    """The upstream connection failed or was lost; the hub reconnects after its backoff."""
+    UPSTREAM_RECONNECTS.labels(market_label(market)).inc()
+
+
+def slow_consumer(market: str) -> None:
+    """A client is being closed because its outbox overflowed."""
+    SLOW_CONSUMER_DISCONNECTS.labels(market_label(market)).inc()
+
+
+def lock_refresh_failure(reason: str) -> None:
+    """A connection lock could not be kept; *reason* is ``LockLossReason.value`` ("lost" or "unreachable")."""
+    LOCK_REFRESH_FAILURES.labels(reason).inc()

@@ -1,0 +1,111 @@
+"""Deployment settings as a fresh process reads them from its environment (each case loads the settings anew)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+DUMP = """
+import json, sys
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+try:
+    names = sys.argv[1:]
+    print(json.dumps({name: getattr(settings, name) for name in names}, default=str))
+except ImproperlyConfigured as error:
+    print(f"ImproperlyConfigured: {error}", file=sys.stderr)
+    sys.exit(3)
+"""
+SENTINEL_ENV = {
+    "REDIS_SENTINELS": "sentinel-a:26379, sentinel-b:26380",
+    "REDIS_SENTINEL_MASTER": "gateway-master",
+    "REDIS_DB": "2",
+    "REDIS_PASSWORD": "master-secret",
+}
+
+
+def load(*names: str, **env: str) -> dict:
+    """The named settings of a process started with *env* on top of a clean deployment environment."""
+    result = run(*names, **env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def run(*names: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {key: value for key, value in os.environ.items() if not key.startswith(("REDIS_", "METRICS_", "LOG_"))}
+    return subprocess.run(
+        [sys.executable, "-c", DUMP, *names],
+        cwd=PROJECT_DIR, capture_output=True, text=True,
+        env={**clean, "DJANGO_SETTINGS_MODULE": "cutemarkets.settings", "DJANGO_DEBUG": "1", **env},
+    )
+
+
+def refusal(**env: str) -> str:
+    result = run("DEBUG", **env)
+    assert result.returncode == 3, result.stdout
+    return result.stderr
+
+
+def test_a_redis_url_configures_the_cache_and_the_channel_layer():
+    loaded = load("CACHES", "CHANNEL_LAYERS", "REDIS_SENTINEL", REDIS_URL="rediss://:pw@redis.example:6380/1")
+    assert loaded["REDIS_SENTINEL"] is None
+    assert loaded["CACHES"]["default"]["LOCATION"] == "rediss://:pw@redis.example:6380/1"
+    assert "CONNECTION_FACTORY" not in loaded["CACHES"]["default"]["OPTIONS"]
+    (host,) = loaded["CHANNEL_LAYERS"]["default"]["CONFIG"]["hosts"]
+    assert host["address"] == "rediss://:pw@redis.example:6380/1"
+
+
+def test_sentinels_configure_the_cache_through_django_redis_sentinel_factory():
+    cache = load("CACHES", **SENTINEL_ENV)["CACHES"]["default"]
+    assert cache["LOCATION"] == "redis://gateway-master/2"
+    options = cache["OPTIONS"]
+    assert options["CONNECTION_FACTORY"] == "django_redis.pool.SentinelConnectionFactory"
+    assert options["SENTINELS"] == [["sentinel-a", 26379], ["sentinel-b", 26380]]
+    assert options["PASSWORD"] == "master-secret"
+    assert "CLIENT_CLASS" not in options, "the default client reads from the master, never a lagging replica"
+
+
+def test_sentinels_configure_the_channel_layer_with_master_name():
+    (host,) = load("CHANNEL_LAYERS", **SENTINEL_ENV)["CHANNEL_LAYERS"]["default"]["CONFIG"]["hosts"]
+    assert host["sentinels"] == [["sentinel-a", 26379], ["sentinel-b", 26380]]
+    assert (host["master_name"], host["db"], host["password"]) == ("gateway-master", 2, "master-secret")
+    assert "address" not in host
+    assert "password" not in host["sentinel_kwargs"]
+
+
+def test_the_sentinels_own_password_is_separate():
+    (host,) = load("CHANNEL_LAYERS", **SENTINEL_ENV, REDIS_SENTINEL_PASSWORD="sentinel-secret")[
+        "CHANNEL_LAYERS"]["default"]["CONFIG"]["hosts"]
+    assert host["sentinel_kwargs"]["password"] == "sentinel-secret"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"REDIS_SENTINELS": "sentinel-a:26379"}, "REDIS_SENTINEL_MASTER"),
+        ({"REDIS_SENTINELS": "sentinel-a", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS"),
+        ({**SENTINEL_ENV, "REDIS_DB": "two"}, "REDIS_DB"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"METRICS_ALLOWED_NETWORKS": "10.0.0.0/8,intranet"}, "METRICS_ALLOWED_NETWORKS"),
+        ({"GATEWAY_SHUTDOWN_TIMEOUT": "-1"}, "GATEWAY_SHUTDOWN_TIMEOUT"),
+    ],
+)
+def test_a_misconfiguration_stops_the_process_naming_the_variable(env, named):
+    assert named in refusal(**env)
+
+
+def test_json_log_format_and_production_static_storage():
+    loaded = load("LOGGING", "STORAGES", LOG_FORMAT="json", DJANGO_DEBUG="0", DJANGO_SECRET_KEY="x")
+    assert loaded["LOGGING"]["handlers"]["console"]["formatter"] == "json"
+    assert loaded["STORAGES"]["staticfiles"]["BACKEND"] == "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    assert load("LOGGING")["LOGGING"]["handlers"]["console"]["formatter"] == "plain"
+
+
+def test_metrics_networks_default_to_loopback():
+    assert load("METRICS_ALLOWED_NETWORKS")["METRICS_ALLOWED_NETWORKS"] == ["127.0.0.1/32", "::1/128"]

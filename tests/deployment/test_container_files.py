@@ -1,0 +1,139 @@
+"""The Dockerfile and docker-compose.yml, checked statically: there is no Docker engine on CI to build or start them.
+
+tests/e2e/test_deployment.py runs the same commands the containers run, directly on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from urllib.parse import urlsplit
+
+import pytest
+from django.conf import settings
+
+from tests.deployment.compose import (
+    COMPOSE_FILE,
+    ENTRYPOINT,
+    PROJECT_DIR,
+    command,
+    compose,
+    dockerfile_instructions,
+    interpolate,
+    service,
+)
+
+SERVICES = {"redis", "postgres", "gateway", "feed-simulator"}
+BASE_IMAGE = "python:3.11-slim"
+ROOT_USERS = {"root", "0", "0:0", "root:root"}
+
+
+PLAIN_UP: dict[str, str] = {}
+"""The environment of a plain `docker compose up`: every variable unset, so each takes its default."""
+
+
+def duration_seconds(value: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    for unit in sorted(units, key=len, reverse=True):
+        if value.endswith(unit):
+            return float(value[: -len(unit)]) * units[unit]
+    raise ValueError(value)
+
+
+def test_compose_has_the_four_services_each_with_a_health_check():
+    services = compose()["services"]
+    assert set(services) == SERVICES
+    for name, definition in services.items():
+        test = definition.get("healthcheck", {}).get("test")
+        assert test and test[0] in {"CMD", "CMD-SHELL"}, f"{name} has no health check"
+
+
+def test_gateway_starts_only_once_its_dependencies_are_healthy():
+    depends_on = service("gateway")["depends_on"]
+    assert depends_on == {name: {"condition": "service_healthy"} for name in SERVICES - {"gateway"}}
+
+
+def test_gateway_and_simulator_run_the_image_built_from_the_dockerfile():
+    for name in ("gateway", "feed-simulator"):
+        definition = service(name)
+        assert definition["build"] == "."
+        assert definition["image"] == service("gateway")["image"]
+    assert command("gateway", PLAIN_UP) == ["start"]
+
+
+def test_gateway_environment_points_at_the_compose_services():
+    environment = {key: interpolate(str(value), PLAIN_UP) for key, value in service("gateway")["environment"].items()}
+    database = urlsplit(environment["DATABASE_URL"])
+    assert (database.scheme, database.hostname, database.port) == ("postgres", "postgres", 5432)
+    postgres = service("postgres")["environment"]
+    assert database.username == postgres["POSTGRES_USER"]
+    assert database.password == interpolate(postgres["POSTGRES_PASSWORD"], PLAIN_UP)
+    assert database.path == "/" + postgres["POSTGRES_DB"]
+    assert urlsplit(environment["REDIS_URL"]).hostname == "redis"
+    assert environment["DJANGO_SECRET_KEY"]
+    published = interpolate(service("gateway")["ports"][0], PLAIN_UP)
+    assert published == f"8000:{environment['GATEWAY_PORT']}"
+
+
+def test_the_simulator_is_the_default_upstream():
+    simulator = command("feed-simulator", PLAIN_UP)
+    assert simulator[:3] == ["python", "-m", "streaming.simulator"]
+    options = dict(zip(simulator[3::2], simulator[4::2]))
+    assert options["--host"] == "0.0.0.0"
+    environment = service("gateway")["environment"]
+    for market in ("options", "stocks"):
+        url = urlsplit(interpolate(environment[f"UPSTREAM_{market.upper()}_URL"], PLAIN_UP))
+        assert (url.hostname, url.port, url.path) == ("feed-simulator", int(options["--port"]), f"/{market}")
+    assert interpolate(environment["UPSTREAM_API_KEY"], PLAIN_UP) == options["--api-key"]
+
+
+def test_a_real_upstream_replaces_the_simulator_through_the_environment():
+    environment = service("gateway")["environment"]
+    real = {"UPSTREAM_OPTIONS_URL": "wss://feed.example/options", "UPSTREAM_API_KEY": "real-key"}
+    assert interpolate(environment["UPSTREAM_OPTIONS_URL"], real) == real["UPSTREAM_OPTIONS_URL"]
+    assert interpolate(environment["UPSTREAM_API_KEY"], real) == real["UPSTREAM_API_KEY"]
+
+
+def test_compose_gives_the_gateway_time_to_drain_on_stop():
+    assert duration_seconds(service("gateway")["stop_grace_period"]) > settings.GATEWAY_SHUTDOWN_TIMEOUT
+
+
+def test_dockerfile_uses_the_slim_base_and_runs_as_a_non_root_user():
+    instructions = dockerfile_instructions()
+    assert instructions[0] == ("FROM", BASE_IMAGE)
+    users = [arguments for keyword, arguments in instructions if keyword == "USER"]
+    assert users and users[-1] not in ROOT_USERS
+    keywords = [keyword for keyword, _ in instructions]
+    assert keywords.index("USER") > max(index for index, keyword in enumerate(keywords) if keyword in {"RUN", "COPY"})
+
+
+def test_dockerfile_entrypoint_and_command_are_the_deploy_script():
+    instructions = dict(dockerfile_instructions())
+    entrypoint = json.loads(instructions["ENTRYPOINT"])
+    assert entrypoint == [str(ENTRYPOINT.relative_to(PROJECT_DIR))]
+    assert os.access(ENTRYPOINT, os.X_OK)
+    assert json.loads(instructions["CMD"]) == ["start"]
+
+
+def test_dockerfile_copies_only_files_that_exist():
+    for keyword, arguments in dockerfile_instructions():
+        if keyword == "COPY":
+            *sources, _destination = arguments.split()
+            for source in sources:
+                assert (PROJECT_DIR / source).exists(), source
+
+
+def test_dockerignore_keeps_local_state_out_of_the_image():
+    ignored = set((PROJECT_DIR / ".dockerignore").read_text().split())
+    assert {".git", ".venv", "var", "tests"} <= ignored
+
+
+@pytest.mark.skipif(
+    shutil.which("docker") is None
+    or subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0,
+    reason="the docker compose plugin is not installed",
+)
+def test_docker_compose_accepts_the_file():
+    subprocess.run(["docker", "compose", "-f", str(COMPOSE_FILE), "config", "--quiet"], check=True)

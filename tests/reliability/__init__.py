@@ -1,0 +1,1 @@
+"""Reliability suite: faults, load and hostile input against the running system (RELIABILITY.md)."""
