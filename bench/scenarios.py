@@ -1,0 +1,405 @@
+"""The five scenarios. Each trial starts a fresh upstream and server, runs the clients, and stops everything.
+
+Trials of the targets being compared are interleaved (A B A B..., the order alternating per run), and each figure is
+the median over runs; ratios are computed per run, between trials of the same run, then their median is taken.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.clients import AdmitJob, IdleJob, StreamJob
+from bench.stack import Environment, Server, Upstream
+from bench.workers import WorkerError, Workers, median, split, weighted_percentiles
+
+SERVER_SETTLE_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Target:
+    label: str
+    kind: str  # daphne, uvicorn, ceiling
+    source: Path | None = None
+
+    @property
+    def needs_keys(self) -> bool:
+        return self.kind != "ceiling"
+
+
+def interleaved(targets: list[Target], runs: int):
+    """(run, target) pairs, A B C / C B A / A B C ..., so drift in machine load hits every target alike."""
+    for run in range(runs):
+        for target in (targets if run % 2 == 0 else list(reversed(targets))):
+            yield run, target
+
+
+class RssSampler:
+    """RSS of a process every ``interval`` seconds, in a thread, as (time, bytes)."""
+
+    def __init__(self, server: Server, interval: float = 0.1) -> None:
+        self.server = server
+        self.interval = interval
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append((time.time(), self.server.rss_bytes()))
+            except Exception:
+                return
+            self._stop.wait(self.interval)
+
+    def stop(self) -> list[tuple[float, int]]:
+        self._stop.set()
+        self._thread.join()
+        return self.samples
+
+
+def stream_trial(env: Environment, target: Target, *, rate: float, params: list[str], processes: int,
+                 warmup: float, duration: float, slow: list[bool] | None = None,
+                 extra_env: dict[str, str] | None = None) -> dict:
+    """Clients stream for ``duration`` seconds after ``warmup``; delivered events/s, latency, server CPU and RSS."""
+    env.reset_redis()
+    clients = len(params)
+    keys: list[str | None] = list(env.keys[:clients]) if target.needs_keys else [None] * clients
+    slow = slow or [False] * clients
+    upstream = Upstream(env, rate)
+    server = Server(target.kind, env, upstream, target.source, extra_env=extra_env, label=target.label)
+    workers = None
+    try:
+        time.sleep(SERVER_SETTLE_SECONDS)
+        processes = max(1, min(processes, clients))
+        jobs = [StreamJob(server.url(), k, p, s)
+                for k, p, s in zip(split(keys, processes), split(params, processes), split(slow, processes))]
+        sampler = RssSampler(server)
+        workers = Workers(jobs)
+        workers.replies("ready")
+        ready_at = time.time()
+        start, end = ready_at + warmup, ready_at + warmup + duration
+        workers.send(("measure", start, end))
+        time.sleep(max(0.0, start - time.time()))
+        cpu0, upstream0, wall0 = server.cpu_seconds(), upstream.stats(), time.time()
+        time.sleep(max(0.0, end - time.time()))
+        cpu1, upstream1, wall1 = server.cpu_seconds(), upstream.stats(), time.time()
+        results = workers.replies("result")
+        rss = sampler.stop()
+    finally:
+        if workers is not None:
+            workers.close()
+        server.stop()
+        upstream.stop()
+    events = sum(result["events"] for result in results)
+    frames = sum(result["frames"] for result in results)
+    latencies = np.concatenate([result["latencies_ns"] for result in results]) / 1e6
+    weights = np.concatenate([result["weights"] for result in results])
+    closed: dict[str, int] = {}
+    for result in results:
+        for code, count in result["closed"].items():
+            closed[str(code)] = closed.get(str(code), 0) + count
+    upstream_seconds = max(1e-9, upstream1["time"] - upstream0["time"])
+    window_rss = [value for moment, value in rss if ready_at <= moment]
+    return {
+        "target": target.label,
+        "clients": clients,
+        "delivered_events_per_s": events / duration,
+        "delivered_frames_per_s": frames / duration,
+        "events_per_frame": events / frames if frames else 0.0,
+        "upstream_events_per_s": (upstream1["events_sent"] - upstream0["events_sent"]) / upstream_seconds,
+        "latency_ms": weighted_percentiles(latencies, weights),
+        "server_cpu_percent": 100 * (cpu1 - cpu0) / (wall1 - wall0),
+        "server_cpu_us_per_event": 1e6 * (cpu1 - cpu0) / events if events else float("nan"),
+        "server_rss_mb_at_ready": window_rss[0] / 2**20 if window_rss else float("nan"),
+        "server_rss_mb_max": max(window_rss) / 2**20 if window_rss else float("nan"),
+        "rss_series": [(round(moment - ready_at, 2), value) for moment, value in rss],
+        "clients_closed_by_server": closed,
+        "slow_closed_after_s": [round(moment - ready_at, 2) for r in results for moment in r["slow_closed_at"]],
+    }
+
+
+def summarise(trials: list[dict], keys: list[str]) -> dict:
+    """Median over runs of each figure (nested latency dicts included)."""
+    summary: dict = {"runs": len(trials)}
+    for key in keys:
+        values = [trial[key] for trial in trials]
+        if isinstance(values[0], dict):
+            summary[key] = {name: median([value[name] for value in values]) for name in values[0]}
+        else:
+            summary[key] = median(values)
+    return summary
+
+
+STREAM_FIGURES = ["delivered_events_per_s", "delivered_frames_per_s", "events_per_frame", "upstream_events_per_s",
+                  "latency_ms", "server_cpu_percent", "server_cpu_us_per_event", "server_rss_mb_max"]
+
+
+def compare(trials: list[dict], targets: list[Target], reference: str, runs: int) -> dict:
+    """Per-target medians, and per-run ratios target/reference (same run) of throughput and CPU per event."""
+    by_run: dict[tuple[int, str], dict] = {(trial["run"], trial["target"]): trial for trial in trials}
+    result: dict = {}
+    for target in targets:
+        own = [trial for trial in trials if trial["target"] == target.label]
+        if not own:
+            continue
+        entry = summarise(own, STREAM_FIGURES)
+        entry["clients_closed_by_server"] = [trial["clients_closed_by_server"] for trial in own]
+        if target.label != reference:
+            ratios = [by_run[(run, target.label)]["delivered_events_per_s"]
+                      / max(1e-9, by_run[(run, reference)]["delivered_events_per_s"])
+                      for run in range(runs) if (run, target.label) in by_run and (run, reference) in by_run]
+            cpu_ratios = [by_run[(run, target.label)]["server_cpu_us_per_event"]
+                          / by_run[(run, reference)]["server_cpu_us_per_event"]
+                          for run in range(runs) if (run, target.label) in by_run and (run, reference) in by_run]
+            entry[f"throughput_ratio_vs_{reference}"] = median(ratios)
+            entry[f"throughput_ratios_vs_{reference}_per_run"] = ratios
+            entry[f"cpu_per_event_ratio_vs_{reference}"] = median(cpu_ratios)
+        result[target.label] = entry
+    result["pairwise"] = {}
+    for a in targets:
+        for b in targets:
+            if a.label == b.label:
+                continue
+            pairs = [(by_run[(run, a.label)], by_run[(run, b.label)]) for run in range(runs)
+                     if (run, a.label) in by_run and (run, b.label) in by_run]
+            result["pairwise"][f"{a.label}/{b.label}"] = {
+                "throughput": median([x["delivered_events_per_s"] / max(1e-9, y["delivered_events_per_s"])
+                                      for x, y in pairs]),
+                "cpu_per_event": median([x["server_cpu_us_per_event"] / y["server_cpu_us_per_event"]
+                                         for x, y in pairs]),
+                "p99_latency": median([x["latency_ms"]["p99"] / y["latency_ms"]["p99"] for x, y in pairs]),
+            }
+    return result
+
+
+# --- 1. firehose -------------------------------------------------------------------------------------------------
+
+def firehose(env: Environment, targets: list[Target], *, client_counts: list[int], rate: float, runs: int,
+             processes: int, warmup: float, duration: float, log) -> dict:
+    out: dict = {"rate_options_events_per_s": rate, "subscription": "T.*", "by_clients": {}}
+    for clients in client_counts:
+        trials = []
+        for run, target in interleaved(targets, runs):
+            try:
+                trial = stream_trial(env, target, rate=rate, params=["T.*"] * clients, processes=processes,
+                                     warmup=warmup, duration=duration)
+            except WorkerError as error:  # recorded, not fatal: one failed trial must not lose the others
+                log(f"  firehose N={clients} run {run} {target.label}: FAILED {error}")
+                continue
+            trial["run"] = run
+            trial.pop("rss_series")
+            trials.append(trial)
+            log(f"  firehose N={clients} run {run} {target.label}: {trial['delivered_events_per_s']:,.0f} ev/s, "
+                f"p99 {trial['latency_ms']['p99']:.1f} ms, cpu {trial['server_cpu_percent']:.0f}%, "
+                f"{trial['server_cpu_us_per_event']:.2f} us/ev, closed {trial['clients_closed_by_server']}")
+        out["by_clients"][str(clients)] = {"trials": trials, "summary": compare(trials, targets, "ceiling", runs)}
+    return out
+
+
+# --- 2. selective ------------------------------------------------------------------------------------------------
+
+def selective_params(clients: int, universe: int, per_client: int, seed: int = 7) -> tuple[list[str], int]:
+    from streaming.simulator.universe import OPTION_CONTRACTS
+
+    rng = random.Random(seed)
+    symbols = rng.sample([contract.symbol for contract in OPTION_CONTRACTS], universe)
+    params = []
+    for _ in range(clients):
+        chosen = rng.sample(symbols, per_client)
+        params.append(",".join(f"{ev}.{symbol}" for symbol in chosen for ev in ("T", "Q")))
+    return params, universe
+
+
+def selective(env: Environment, targets: list[Target], *, clients: int, universe: int, per_client: int, rate: float,
+              runs: int, processes: int, warmup: float, duration: float, log) -> dict:
+    params, _ = selective_params(clients, universe, per_client)
+    trials = []
+    for run, target in interleaved(targets, runs):
+        try:
+            trial = stream_trial(env, target, rate=rate, params=params, processes=processes, warmup=warmup,
+                                 duration=duration)
+        except WorkerError as error:
+            log(f"  selective run {run} {target.label}: FAILED {error}")
+            continue
+        trial["run"] = run
+        trial.pop("rss_series")
+        trials.append(trial)
+        lat = trial["latency_ms"]
+        log(f"  selective run {run} {target.label}: {trial['delivered_events_per_s']:,.0f} ev/s, p50 {lat['p50']:.2f} "
+            f"p99 {lat['p99']:.2f} p99.9 {lat['p99.9']:.2f} max {lat['max']:.1f} ms, "
+            f"cpu {trial['server_cpu_percent']:.0f}%")
+    return {
+        "clients": clients, "universe_symbols": universe, "symbols_per_client": per_client,
+        "items_per_client": per_client * 2, "rate_options_events_per_s": rate,
+        "trials": trials, "summary": compare(trials, targets, "ceiling", runs),
+    }
+
+
+# --- 3. admission ------------------------------------------------------------------------------------------------
+
+def redis_commandstats(env: Environment) -> dict[str, int]:
+    client = env.redis_client()
+    stats = client.info("commandstats")
+    client.close()
+    return {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
+
+
+def admission(env: Environment, targets: list[Target], *, admissions: int, concurrency: int, runs: int,
+              processes: int, log) -> dict:
+    keys = env.keys[:admissions]
+    trials = []
+    for run, target in interleaved(targets, runs):
+        env.reset_redis()
+        upstream = Upstream(env, 0)
+        server = Server(target.kind, env, upstream, target.source, label=target.label)
+        try:
+            time.sleep(SERVER_SETTLE_SECONDS)
+            for phase in ("cold", "warm"):
+                if phase == "warm":
+                    time.sleep(1.0)  # the cold pass's locks are released after its closes
+                before = redis_commandstats(env)
+                workers = Workers([AdmitJob(server.url(), part, max(1, concurrency // processes))
+                                   for part in split(keys, processes)])
+                try:
+                    workers.replies("ready")
+                    start = time.time() + 0.3
+                    workers.send(("go", start))
+                    results = workers.replies("result")
+                finally:
+                    workers.close()
+                time.sleep(1.0)  # let the closes' cleanup finish before counting Redis commands
+                after = redis_commandstats(env)
+                times = np.concatenate([result["times"] for result in results])
+                failures: dict[str, int] = {}
+                for result in results:
+                    for outcome, count in result["failures"].items():
+                        failures[outcome] = failures.get(outcome, 0) + count
+                elapsed = max(result["finished"] for result in results) - start
+                commands = {name: (after.get(name, 0) - before.get(name, 0)) / admissions
+                            for name in after if after.get(name, 0) - before.get(name, 0) > 0}
+                commands.pop("info", None)
+                trial = {
+                    "run": run, "target": target.label, "phase": phase, "admissions": admissions,
+                    "concurrency": concurrency, "succeeded": int(times.size), "failures": failures,
+                    "admissions_per_s": times.size / elapsed,
+                    "time_to_auth_success_ms": {
+                        "p50": float(np.percentile(times, 50) * 1e3) if times.size else float("nan"),
+                        "p99": float(np.percentile(times, 99) * 1e3) if times.size else float("nan"),
+                        "max": float(times.max() * 1e3) if times.size else float("nan"),
+                    },
+                    "redis_commands_per_admission": commands,
+                    "redis_commands_per_admission_total": sum(commands.values()),
+                }
+                trials.append(trial)
+                log(f"  admission run {run} {target.label} {phase}: {trial['admissions_per_s']:,.0f}/s, "
+                    f"p50 {trial['time_to_auth_success_ms']['p50']:.1f} ms p99 "
+                    f"{trial['time_to_auth_success_ms']['p99']:.1f} ms, failures {failures}, redis/admission "
+                    f"{trial['redis_commands_per_admission_total']:.2f} {commands}")
+        finally:
+            server.stop()
+            upstream.stop()
+    summary = {}
+    for target in targets:
+        for phase in ("cold", "warm"):
+            own = [t for t in trials if t["target"] == target.label and t["phase"] == phase]
+            summary[f"{target.label}/{phase}"] = summarise(
+                own, ["admissions_per_s", "time_to_auth_success_ms", "redis_commands_per_admission_total"])
+            summary[f"{target.label}/{phase}"]["redis_commands_per_admission"] = own[-1]["redis_commands_per_admission"]
+    return {"admissions": admissions, "concurrency": concurrency, "db_queries_in_process": env.db_queries,
+            "trials": trials, "summary": summary}
+
+
+# --- 4. idle connections -----------------------------------------------------------------------------------------
+
+def idle(env: Environment, targets: list[Target], *, steps: list[int], runs: int, processes: int, log) -> dict:
+    from streaming.simulator.universe import OPTION_CONTRACTS
+
+    symbols = [contract.symbol for contract in OPTION_CONTRACTS]
+    baseline_connections = 10
+    trials = []
+    for run, target in interleaved(targets, runs):
+        env.reset_redis()
+        upstream = Upstream(env, 0)
+        server = Server(target.kind, env, upstream, target.source, label=target.label)
+        workers = None
+        try:
+            time.sleep(SERVER_SETTLE_SECONDS)
+            keys = env.keys[:steps[-1]]
+            workers = Workers([IdleJob(server.url(), part, f"T.{symbols[index % len(symbols)]}")
+                               for index, part in enumerate(split(keys, processes))])
+            points = []
+            baseline = None
+            for step in [baseline_connections] + steps:
+                started = time.time()
+                held = sum(workers.ask(("grow", step // processes), "ready", timeout=600))
+                took = time.time() - started
+                time.sleep(1.0)
+                rss = server.rss_bytes()
+                if baseline is None:
+                    baseline = (held, rss)
+                    continue
+                per_connection = (rss - baseline[1]) / (held - baseline[0])
+                points.append({"connections": held, "rss_mb": rss / 2**20, "kb_per_connection": per_connection / 1024,
+                               "connect_seconds": took})
+                log(f"  idle run {run} {target.label}: {held} connections, RSS {rss / 2**20:.0f} MB, "
+                    f"{per_connection / 1024:.1f} KB/connection")
+            workers.ask(("close",), "result")
+            trials.append({"run": run, "target": target.label, "baseline_rss_mb": baseline[1] / 2**20,
+                           "points": points})
+        finally:
+            if workers is not None:
+                workers.close()
+            server.stop()
+            upstream.stop()
+    summary = {}
+    for target in targets:
+        own = [t for t in trials if t["target"] == target.label]
+        summary[target.label] = {
+            str(step): {"kb_per_connection": median([t["points"][i]["kb_per_connection"] for t in own]),
+                        "connections_held": median([t["points"][i]["connections"] for t in own])}
+            for i, step in enumerate(steps)
+        }
+    return {"steps": steps, "trials": trials, "summary": summary}
+
+
+# --- 5. slow consumer --------------------------------------------------------------------------------------------
+
+def slow_consumer(env: Environment, target: Target, *, fast_clients: int, rate: float, runs: int, processes: int,
+                  warmup: float, duration: float, buffer_bytes: int, log) -> dict:
+    params = ["T.*,Q.*"] * (fast_clients + 1)
+    trials = []
+    for run in range(runs):
+        for with_slow in ((False, True) if run % 2 == 0 else (True, False)):
+            slow = [with_slow] + [False] * fast_clients
+            trial = stream_trial(env, target, rate=rate, params=params, processes=processes, warmup=warmup,
+                                 duration=duration, slow=slow)
+            trial.update(run=run, with_slow=with_slow)
+            rss = trial["rss_series"]
+            ready_rss = trial["server_rss_mb_at_ready"]
+            trial["rss_growth_mb"] = trial["server_rss_mb_max"] - ready_rss
+            trials.append(trial)
+            log(f"  slow consumer run {run} slow={with_slow}: fast p99 {trial['latency_ms']['p99']:.2f} ms, "
+                f"RSS growth {trial['rss_growth_mb']:.1f} MB, slow cut after {trial['slow_closed_after_s']} s, "
+                f"closed {trial['clients_closed_by_server']}, {len(rss)} RSS samples")
+    by = {flag: [t for t in trials if t["with_slow"] is flag] for flag in (False, True)}
+    p99_ratios = []
+    for run in range(runs):
+        pair = {t["with_slow"]: t for t in trials if t["run"] == run}
+        p99_ratios.append(pair[True]["latency_ms"]["p99"] / pair[False]["latency_ms"]["p99"])
+    return {
+        "fast_clients": fast_clients, "rate_options_events_per_s": rate, "subscription": "T.*,Q.*",
+        "client_buffer_bytes": buffer_bytes, "trials": trials,
+        "summary": {
+            "without_slow": summarise(by[False], STREAM_FIGURES + ["rss_growth_mb"]),
+            "with_slow": summarise(by[True], STREAM_FIGURES + ["rss_growth_mb"]),
+            "fast_p99_ratio_with_vs_without_slow": median(p99_ratios),
+            "slow_cut_after_s": median([t["slow_closed_after_s"][0] for t in by[True] if t["slow_closed_after_s"]]),
+        },
+    }

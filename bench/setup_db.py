@@ -1,0 +1,89 @@
+"""Bench-only database setup: migrate a fresh SQLite database and create N users on Expert (options) with one key each.
+
+Run as ``python -m bench.setup_db --users N --keys-file PATH`` with DJANGO_SETTINGS_MODULE, DATABASE_URL and
+REDIS_URL set; the raw keys go to PATH as a JSON list (the database stores only their hashes). Also measures the
+database queries of one key resolution, cold and warm, and prints them as JSON on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import django
+
+
+def create_users(count: int) -> list[str]:
+    from django.contrib.auth.hashers import make_password
+    from django.db import transaction
+
+    from accounts import keys
+    from accounts.models import ApiKey, Plan, Product, ProductTier, User
+
+    expert = Plan.objects.get(slug=Plan.EXPERT)
+    unusable = make_password(None)
+    raw_keys: list[str] = []
+    with transaction.atomic():
+        users = User.objects.bulk_create(
+            [User(username=f"bench{index:05d}", password=unusable) for index in range(count)], batch_size=1000
+        )
+        ProductTier.objects.bulk_create(
+            [ProductTier(user=user, product=Product.OPTIONS, plan=expert) for user in users], batch_size=1000
+        )
+        api_keys = []
+        for user in users:
+            generated = keys.generate_key(Product.OPTIONS)
+            raw_keys.append(generated.raw)
+            api_keys.append(
+                ApiKey(user=user, product=Product.OPTIONS, prefix=generated.prefix, secret_hash=generated.secret_hash)
+            )
+        ApiKey.objects.bulk_create(api_keys, batch_size=1000)
+    return raw_keys
+
+
+def count_queries(raw_key: str) -> dict[str, int]:
+    """Database queries of resolving one key with a cold cache, then warm, and of recording its use."""
+    from django.core.cache import cache
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from accounts.keys import Entitlement, record_use, resolve_key
+
+    cache.clear()
+    with CaptureQueriesContext(connection) as cold:
+        entitlement = resolve_key(raw_key)
+    assert isinstance(entitlement, Entitlement), entitlement
+    with CaptureQueriesContext(connection) as warm:
+        resolve_key(raw_key)
+    with CaptureQueriesContext(connection) as use_first:
+        record_use(entitlement)
+    with CaptureQueriesContext(connection) as use_again:
+        record_use(entitlement)
+    cache.clear()
+    return {
+        "resolve_cold": len(cold.captured_queries),
+        "resolve_warm": len(warm.captured_queries),
+        "record_use_first_in_minute": len(use_first.captured_queries),
+        "record_use_again_within_minute": len(use_again.captured_queries),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--users", type=int, required=True)
+    parser.add_argument("--keys-file", required=True)
+    options = parser.parse_args()
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+    raw_keys = create_users(options.users)
+    with open(options.keys_file, "w") as handle:
+        json.dump(raw_keys, handle)
+    json.dump({"db_queries": count_queries(raw_keys[0])}, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

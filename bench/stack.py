@@ -1,0 +1,216 @@
+"""The processes of a benchmark: private Redis, a migrated SQLite database with bench users, the bench upstream,
+and the server under test (the gateway under daphne or uvicorn, or the ceiling server), each on a loopback port.
+
+A server can run from another source tree (``source=``) for A/B comparisons of two versions of the code: the tree is
+put first on ``PYTHONPATH`` and used as the working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from devstack.redis_server import RedisServer
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+UPSTREAM_KEY = "bench-upstream-key"
+SECRET_KEY = "bench-only-secret-key-not-for-production-0123456789abcdef"
+READY_TIMEOUT_SECONDS = 30.0
+PORT_LINE = re.compile(rb"ws://127\.0\.0\.1:(\d+)/")
+
+
+def raise_fd_limit() -> int:
+    """Soft limit of open files up to the hard limit (children inherit it): 10,000 sockets need more than 1,024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, log: Path | None = None) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}\n{tail}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@dataclass
+class Environment:
+    """Redis and the database, shared by every server of one benchmark run."""
+
+    users: int
+    directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cm-bench-")))
+    redis: RedisServer | None = None
+    keys: list[str] = field(default_factory=list)
+    db_queries: dict[str, int] = field(default_factory=dict)
+
+    def start(self) -> "Environment":
+        (self.directory / "redis").mkdir(exist_ok=True)
+        self.redis = RedisServer(self.directory / "redis").start()
+        keys_file = self.directory / "keys.json"
+        output = subprocess.run(
+            [sys.executable, "-m", "bench.setup_db", "--users", str(self.users), "--keys-file", str(keys_file)],
+            cwd=PROJECT_DIR, env=self.django_env(), check=True, capture_output=True, text=True,
+        )
+        self.db_queries = json.loads(output.stdout)["db_queries"]
+        self.keys = json.loads(keys_file.read_text())
+        return self
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.directory / 'db.sqlite3'}"
+
+    def django_env(self, **extra: str) -> dict[str, str]:
+        assert self.redis is not None
+        return {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "cutemarkets.settings",
+            "DJANGO_DEBUG": "0",
+            "DJANGO_SECRET_KEY": SECRET_KEY,
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis.url,
+            "LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+            **extra,
+        }
+
+    def redis_client(self):
+        import redis
+
+        assert self.redis is not None
+        return redis.Redis.from_url(self.redis.url)
+
+    def reset_redis(self) -> None:
+        """Between trials: no lock, cached key or channel-layer state survives from the previous server."""
+        client = self.redis_client()
+        client.flushall()
+        client.config_resetstat()
+        client.close()
+
+    def close(self) -> None:
+        if self.redis is not None:
+            self.redis.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class Upstream:
+    """``python -m bench.upstream`` in a child process."""
+
+    def __init__(self, environment: Environment, rate: float) -> None:
+        self.stats_file = environment.directory / f"upstream-{os.getpid()}-{time.monotonic_ns()}.json"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.upstream", "--port", "0", "--api-key", UPSTREAM_KEY, "--rate", str(rate),
+             "--stats-file", str(self.stats_file)],
+            cwd=PROJECT_DIR, stdout=subprocess.PIPE,
+        )
+        assert self.process.stdout is not None
+        match = PORT_LINE.search(self.process.stdout.readline())
+        if match is None:
+            stop_process(self.process)
+            raise RuntimeError("the bench upstream did not announce its port")
+        self.port = int(match.group(1))
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/options"
+
+    def stats(self) -> dict:
+        try:
+            return json.loads(self.stats_file.read_text())
+        except (OSError, ValueError):
+            return {"time": time.time(), "events_sent": 0, "frames_sent": 0}
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        self.stats_file.unlink(missing_ok=True)
+
+
+SERVERS = ("daphne", "uvicorn", "ceiling")
+
+
+class Server:
+    """The server under test: ``daphne`` or ``uvicorn`` serving the gateway, or the ``ceiling`` fan-out server."""
+
+    def __init__(self, kind: str, environment: Environment, upstream: Upstream, source: Path | None = None,
+                 extra_env: dict[str, str] | None = None, label: str | None = None) -> None:
+        if kind not in SERVERS:
+            raise ValueError(kind)
+        self.kind = kind
+        self.label = label or kind
+        self.port = free_port()
+        source = source or PROJECT_DIR
+        env = environment.django_env(
+            UPSTREAM_OPTIONS_URL=upstream.url,
+            UPSTREAM_API_KEY=UPSTREAM_KEY,
+            PYTHONPATH=os.pathsep.join([str(source), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+            **(extra_env or {}),
+        )
+        if kind == "daphne":
+            command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+                       "--websocket_timeout", "-1", "cutemarkets.asgi:application"]
+        elif kind == "uvicorn":
+            command = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(self.port),
+                       "--ws", "websockets-sansio", "--no-access-log", "--log-level", "warning",
+                       "--lifespan", "off", "cutemarkets.asgi:application"]
+        else:
+            command = [sys.executable, "-m", "bench.ceiling", "--port", str(self.port), "--upstream", upstream.url,
+                       "--api-key", UPSTREAM_KEY]
+            source = PROJECT_DIR
+        self.log_path = environment.directory / f"{self.label}-{self.port}.log"
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, cwd=source, env=env, stdout=log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, self.process, self.log_path)
+        self.ps = psutil.Process(self.process.pid)
+
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/ws/options/"
+
+    def cpu_seconds(self) -> float:
+        times = self.ps.cpu_times()
+        return times.user + times.system
+
+    def rss_bytes(self) -> int:
+        return self.ps.memory_info().rss
+
+    def log_tail(self, size: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-size:]
+
+    def stop(self) -> None:
+        stop_process(self.process)
