@@ -62,7 +62,7 @@ MESSAGES = {
     Rule.EXPIRED_KEY: "authentication failed: this API key has expired",
     Rule.INACTIVE_USER: "authentication failed: this account is inactive",
     Rule.UNSUPPORTED_MARKET: "authentication failed: unsupported market (use /v1/ws/options/ or /v1/ws/stocks/)",
-    Rule.PRODUCT_MISMATCH: "authentication failed: this is a {key_product} API key; use it on /v1/ws/{key_product}/",
+    Rule.PRODUCT_MISMATCH: "authentication failed: this API key is for {key_product}; use it on /v1/ws/{key_product}/",
     Rule.NOT_CONFIGURED: "authentication failed: streaming is not configured for the {market} market",
     Rule.NO_STREAM_ACCESS: (
         "authentication failed: your {market} plan ({plan}) does not include WebSocket access; "

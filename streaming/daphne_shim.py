@@ -43,6 +43,9 @@ next second boundary (a fraction of an RTT, sometimes) is reset instead of close
 least 1 s, and still drops a client that does not read its close frame within 2 s.
 """
 
+MAX_LOGGED_PATH_LENGTH = 256
+"""Access-log lines carry at most this much of a request path (a client chooses its path, and its length)."""
+
 _PATCH_MARKER = "_cutemarkets_daphne_shim"
 
 access_logger = logging.getLogger("cutemarkets.access")
@@ -262,6 +265,9 @@ def _patched_write_entry(original: Callable[..., None]) -> Callable[..., None]:
         format (``LOG_FORMAT=json``) instead of daphne's own stream.
         """
         method, _, target = request.partition(" ")
-        access_logger.info("%s %s %s %s %s", host, method, target.split("?", 1)[0], status or "-", length or "-")
+        path = target.split("?", 1)[0]
+        if len(path) > MAX_LOGGED_PATH_LENGTH:
+            path = path[:MAX_LOGGED_PATH_LENGTH] + "…"
+        access_logger.info("%s %s %s %s %s", host, method, path, status or "-", length or "-")
 
     return write_entry

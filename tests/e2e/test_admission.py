@@ -49,7 +49,7 @@ async def test_4401_for_product_mismatch_and_unsupported_market(gateway, custome
     _, keys = customer
     mismatch = await rejected(gateway.url("/v1/ws/options/"), bearer(keys["stocks"]))
     assert (mismatch.close_code, mismatch.statuses[-1]) == (4401, "auth_failed")
-    assert "stocks API key" in mismatch.close_reason
+    assert "this API key is for stocks" in mismatch.close_reason
     market = await rejected(gateway.url("/v1/ws/crypto/"), bearer(keys["options"]))
     assert market.close_code == 4401 and "unsupported market" in market.close_reason
 

@@ -223,7 +223,7 @@ async def test_a_stocks_key_on_the_options_market_explains_4401(tabs, keys):
     await expect(tab.alert).to_contain_text("Closed with code 4401.")
     await expect(tab.alert).to_contain_text("The key was refused")
     await expect(tab.alert).to_contain_text(
-        "Server said: authentication failed: this is a stocks API key; use it on /v1/ws/stocks/"
+        "Server said: authentication failed: this API key is for stocks; use it on /v1/ws/stocks/"
     )
     await expect(tab.log_entry("auth_failed")).to_have_count(1)
 

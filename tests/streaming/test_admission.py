@@ -50,7 +50,7 @@ def test_admitted():
 
 
 def test_messages_name_the_rule_without_secrets():
-    assert "stocks API key" in decide("options", entitlement("stocks"), True).message
+    assert "this API key is for stocks" in decide("options", entitlement("stocks"), True).message
     assert "developer" in decide("options", entitlement(websocket_access=False, plan="developer"), True).message
 
 
