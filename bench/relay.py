@@ -5,8 +5,9 @@ upstream connection, on this machine.
    trials interleaved per run; the Redis hop's added latency is the difference of the medians (p50, p99), measured
    from the bench upstream's send stamp to the client's receive time.
 2. Ceiling: both modes at increasing upstream rates; a rate is sustained when the upstream managed it (it slows down
-   for a connection that does not drain), the clients received at least 95 % of it and p99 stayed bounded. The CPU of
-   each process during the window (upstream, relay, Redis, gateway) names the bottleneck.
+   for a connection that does not drain), the clients received at least 95 % of it, p99 stayed bounded and no client
+   was closed. The CPU of each process during the window (upstream, relay, Redis, gateway, clients), the machine's
+   busy share and the gateway's logged failures name the bottleneck.
 
 Results go to bench/results/relay-<time>.json; a summary is printed.
 """
@@ -69,6 +70,13 @@ def cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
+def machine_busy_percent(before, after) -> float:
+    """Share of all cores' time spent busy (by anything, other users' processes included) between two samples."""
+    idle = (after.idle + getattr(after, "iowait", 0.0)) - (before.idle + getattr(before, "iowait", 0.0))
+    total = sum(after) - sum(before)
+    return 100 * (1 - idle / total) if total else float("nan")
+
+
 def trial(env: Environment, mode: str, *, rate: float, clients: int, processes: int, warmup: float,
           duration: float) -> dict:
     """Clients on one gateway in *mode* for *duration* s after *warmup*: delivery, latency, CPU per process."""
@@ -89,26 +97,33 @@ def trial(env: Environment, mode: str, *, rate: float, clients: int, processes: 
         parts = max(1, min(processes, clients))
         workers = Workers([StreamJob(server.url(), k, p) for k, p in zip(split(keys, parts), split(params, parts))])
         workers.replies("ready")
+        clients_cpu = [psutil.Process(process.pid) for process in workers.processes]
         start = time.time() + warmup
         end = start + duration
         workers.send(("measure", start, end))
         time.sleep(max(0.0, start - time.time()))
         cpu0 = {name: cpu_seconds(process) for name, process in watched.items()}
+        cpu0["clients"] = sum(cpu_seconds(process) for process in clients_cpu)
+        machine0 = psutil.cpu_times()
         upstream0, wall0 = upstream.stats(), time.time()
         time.sleep(max(0.0, end - time.time()))
         cpu1 = {name: cpu_seconds(process) for name, process in watched.items()}
+        cpu1["clients"] = sum(cpu_seconds(process) for process in clients_cpu)
+        machine1 = psutil.cpu_times()
         upstream1, wall1 = upstream.stats(), time.time()
         results = workers.replies("result")
     finally:
         if workers is not None:
             workers.close()
         server.stop()
+        gateway_log = server.log_tail(20_000)
         if relay is not None:
             relay.stop()
         upstream.stop()
     latencies = np.concatenate([result["latencies_ns"] for result in results]) / 1e6
     weights = np.concatenate([result["weights"] for result in results])
-    upstream_rate = (upstream1["events_sent"] - upstream0["events_sent"]) / max(1e-9, upstream1["time"] - upstream0["time"])
+    upstream_seconds = max(1e-9, upstream1["time"] - upstream0["time"])
+    upstream_rate = (upstream1["events_sent"] - upstream0["events_sent"]) / upstream_seconds
     per_client = sum(result["events"] for result in results) / duration / clients
     closed: dict[str, int] = {}
     for result in results:
@@ -121,8 +136,10 @@ def trial(env: Environment, mode: str, *, rate: float, clients: int, processes: 
         "upstream_events_per_s": upstream_rate,
         "events_per_s_per_client": per_client,
         "latency_ms": weighted_percentiles(latencies, weights),
-        "cpu_percent": {name: 100 * (cpu1[name] - cpu0[name]) / (wall1 - wall0) for name in watched},
+        "cpu_percent": {name: 100 * (cpu1[name] - cpu0[name]) / (wall1 - wall0) for name in cpu0},
+        "machine_busy_percent": machine_busy_percent(machine0, machine1),
         "closed": closed,
+        "gateway_failures": [line for line in gateway_log.splitlines() if "failed" in line][-3:],
     }
 
 
@@ -136,9 +153,11 @@ def sustained(result: dict) -> bool:
 def describe(result: dict) -> str:
     latency = result["latency_ms"]
     cpu = ", ".join(f"{name} {value:.0f}%" for name, value in result["cpu_percent"].items())
+    cpu += f" (machine {result['machine_busy_percent']:.0f}% busy)"
     return (f"{result['mode']:7} rate {result['rate']:>9,.0f}: upstream {result['upstream_events_per_s']:>9,.0f} ev/s, "
             f"client {result['events_per_s_per_client']:>9,.0f} ev/s, p50 {latency['p50']:.2f} ms, "
-            f"p99 {latency['p99']:.2f} ms; cpu {cpu}{'' if sustained(result) else '  (not sustained)'}")
+            f"p99 {latency['p99']:.2f} ms; cpu {cpu}; closed {result['closed']}"
+            f"{'' if sustained(result) else '  (not sustained)'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-rate", type=float, default=5_000, help="upstream events/s for the latency runs")
     parser.add_argument("--latency-clients", type=int, default=10)
     parser.add_argument("--rates", type=lambda text: [float(rate) for rate in text.split(",")],
-                        default=[20_000, 50_000, 100_000, 150_000, 200_000], help="ceiling steps, comma-separated")
+                        default=[50_000, 150_000, 250_000, 350_000, 450_000], help="ceiling steps, comma-separated")
     parser.add_argument("--ceiling-clients", type=int, default=2)
     parser.add_argument("--processes", type=int, default=1, help="client processes")
     parser.add_argument("--warmup", type=float, default=1.5)

@@ -16,7 +16,6 @@ from django.dispatch import receiver
 MARKETS = ("options", "stocks")
 FAILURE_MODE_CLOSED = "closed"
 FAILURE_MODE_OPEN = "open"
-FANOUT_PROCESS = "process"
 FANOUT_RELAY = "relay"
 
 

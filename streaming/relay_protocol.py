@@ -167,7 +167,6 @@ def upstream_acks(frame: bytes) -> tuple[list[str], list[str]]:
     return subscribed, unsubscribed
 
 
-
 def without_upstream_acks(frame: bytes) -> bytes | None:
     """*frame* minus the upstream's success statuses (a gateway takes acks only from the relay, addressed to it);
     None when nothing is left. Data frames pass untouched."""

@@ -25,7 +25,9 @@ from tests.deployment.compose import (
     service,
 )
 
-SERVICES = {"redis", "postgres", "gateway", "feed-simulator"}
+SERVICES = {"redis", "postgres", "gateway", "gateway-2", "feed-simulator", "relay-options", "relay-stocks"}
+GATEWAYS = ("gateway", "gateway-2")
+RELAYS = {"relay-options": "options", "relay-stocks": "stocks"}
 BASE_IMAGE = "python:3.11-slim"
 ROOT_USERS = {"root", "0", "0:0", "root:root"}
 
@@ -42,7 +44,7 @@ def duration_seconds(value: str) -> float:
     raise ValueError(value)
 
 
-def test_compose_has_the_four_services_each_with_a_health_check():
+def test_compose_has_its_services_each_with_a_health_check():
     services = compose()["services"]
     assert set(services) == SERVICES
     for name, definition in services.items():
@@ -52,15 +54,36 @@ def test_compose_has_the_four_services_each_with_a_health_check():
 
 def test_gateway_starts_only_once_its_dependencies_are_healthy():
     depends_on = service("gateway")["depends_on"]
-    assert depends_on == {name: {"condition": "service_healthy"} for name in SERVICES - {"gateway"}}
+    assert depends_on == {name: {"condition": "service_healthy"} for name in {"redis", "postgres", *RELAYS}}
+    # The second replica waits for the first, which applies the migrations; it does not migrate itself.
+    assert service("gateway-2")["depends_on"] == {"gateway": {"condition": "service_healthy"}}
+    assert service("gateway-2")["environment"]["MIGRATE_ON_START"] == "0"
+    for relay in RELAYS:
+        assert service(relay)["depends_on"] == {
+            name: {"condition": "service_healthy"} for name in ("redis", "feed-simulator")
+        }
+
+
+def test_two_gateway_replicas_share_one_upstream_per_market_through_two_relays_each():
+    for gateway in GATEWAYS:
+        assert service(gateway)["environment"]["STREAM_FANOUT"] == "relay"
+        assert "UPSTREAM_API_KEY" not in service(gateway)["environment"]  # only the relays talk to the feed
+    for relay, market in RELAYS.items():
+        assert command(relay, PLAIN_UP) == ["python", "manage.py", "run_feed_relay", "--market", market]
+        assert service(relay)["deploy"]["replicas"] == 2
+    simulator = command("feed-simulator", PLAIN_UP)
+    assert simulator[simulator.index("--max-connections") + 1] == "1"  # like the real feed
+    assert {interpolate(service(gateway)["ports"][0], PLAIN_UP).split(":")[0] for gateway in GATEWAYS} == {
+        "8000", "8001"
+    }
 
 
 def test_gateway_and_simulator_run_the_image_built_from_the_dockerfile():
-    for name in ("gateway", "feed-simulator"):
+    for name in (*GATEWAYS, "feed-simulator", *RELAYS):
         definition = service(name)
         assert definition["build"] == "."
         assert definition["image"] == service("gateway")["image"]
-    assert command("gateway", PLAIN_UP) == ["start"]
+    assert command("gateway", PLAIN_UP) == command("gateway-2", PLAIN_UP) == ["start"]
 
 
 def test_gateway_environment_points_at_the_compose_services():
@@ -82,22 +105,27 @@ def test_the_simulator_is_the_default_upstream():
     assert simulator[:3] == ["python", "-m", "streaming.simulator"]
     options = dict(zip(simulator[3::2], simulator[4::2]))
     assert options["--host"] == "0.0.0.0"
-    environment = service("gateway")["environment"]
-    for market in ("options", "stocks"):
-        url = urlsplit(interpolate(environment[f"UPSTREAM_{market.upper()}_URL"], PLAIN_UP))
-        assert (url.hostname, url.port, url.path) == ("feed-simulator", int(options["--port"]), f"/{market}")
-    assert interpolate(environment["UPSTREAM_API_KEY"], PLAIN_UP) == options["--api-key"]
+    for name in ("gateway", *RELAYS):
+        environment = service(name)["environment"]
+        for market in ("options", "stocks"):
+            url = urlsplit(interpolate(environment[f"UPSTREAM_{market.upper()}_URL"], PLAIN_UP))
+            assert (url.hostname, url.port, url.path) == ("feed-simulator", int(options["--port"]), f"/{market}")
+    for relay in RELAYS:
+        assert interpolate(service(relay)["environment"]["UPSTREAM_API_KEY"], PLAIN_UP) == options["--api-key"]
 
 
 def test_a_real_upstream_replaces_the_simulator_through_the_environment():
-    environment = service("gateway")["environment"]
     real = {"UPSTREAM_OPTIONS_URL": "wss://feed.example/options", "UPSTREAM_API_KEY": "real-key"}
-    assert interpolate(environment["UPSTREAM_OPTIONS_URL"], real) == real["UPSTREAM_OPTIONS_URL"]
-    assert interpolate(environment["UPSTREAM_API_KEY"], real) == real["UPSTREAM_API_KEY"]
+    for relay in RELAYS:
+        environment = service(relay)["environment"]
+        assert interpolate(environment["UPSTREAM_OPTIONS_URL"], real) == real["UPSTREAM_OPTIONS_URL"]
+        assert interpolate(environment["UPSTREAM_API_KEY"], real) == real["UPSTREAM_API_KEY"]
+    assert interpolate(service("gateway")["environment"]["UPSTREAM_OPTIONS_URL"], real) == real["UPSTREAM_OPTIONS_URL"]
 
 
 def test_compose_gives_the_gateway_time_to_drain_on_stop():
-    assert duration_seconds(service("gateway")["stop_grace_period"]) > settings.GATEWAY_SHUTDOWN_TIMEOUT
+    for gateway in GATEWAYS:
+        assert duration_seconds(service(gateway)["stop_grace_period"]) > settings.GATEWAY_SHUTDOWN_TIMEOUT
 
 
 def test_dockerfile_uses_the_slim_base_and_runs_as_a_non_root_user():
