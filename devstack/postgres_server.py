@@ -16,10 +16,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from devstack.wrapped_command import main, run_with_server
 
 READY_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
@@ -141,21 +142,9 @@ class PostgresServer:
 
 
 def run_with_private_postgres(command: list[str]) -> int:
-    """Run *command* with DATABASE_URL set to a fresh private database; stop the server afterwards, even on Ctrl-C."""
-    with PostgresServer() as server:
-        env = dict(os.environ, DATABASE_URL=server.url)
-        child = subprocess.Popen(command, env=env)
-        try:
-            return child.wait()
-        except KeyboardInterrupt:
-            child.send_signal(signal.SIGINT)
-            return child.wait()
+    """Run *command* with DATABASE_URL set to a fresh private instance; stop it afterwards, even on Ctrl-C."""
+    return run_with_server(PostgresServer(), "DATABASE_URL", command)
 
 
 if __name__ == "__main__":
-    arguments = sys.argv[1:]
-    if arguments[:1] == ["--"]:
-        arguments = arguments[1:]
-    if not arguments:
-        sys.exit("usage: python -m devstack.postgres_server -- COMMAND [ARGS...]")
-    sys.exit(run_with_private_postgres(arguments))
+    main(PostgresServer, "DATABASE_URL", "devstack.postgres_server")

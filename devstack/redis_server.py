@@ -7,15 +7,14 @@ pointing at a fresh instance (used by the Makefile when ``REDIS_URL`` is unset).
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from devstack.wrapped_command import main, run_with_server
 
 READY_TIMEOUT_SECONDS = 10.0
 
@@ -107,20 +106,8 @@ class RedisServer:
 
 def run_with_private_redis(command: list[str]) -> int:
     """Run *command* with REDIS_URL set to a fresh private instance; stop it afterwards, even on Ctrl-C."""
-    with RedisServer() as server:
-        env = dict(os.environ, REDIS_URL=server.url)
-        child = subprocess.Popen(command, env=env)
-        try:
-            return child.wait()
-        except KeyboardInterrupt:
-            child.send_signal(signal.SIGINT)
-            return child.wait()
+    return run_with_server(RedisServer(), "REDIS_URL", command)
 
 
 if __name__ == "__main__":
-    arguments = sys.argv[1:]
-    if arguments[:1] == ["--"]:
-        arguments = arguments[1:]
-    if not arguments:
-        sys.exit("usage: python -m devstack.redis_server -- COMMAND [ARGS...]")
-    sys.exit(run_with_private_redis(arguments))
+    main(RedisServer, "REDIS_URL", "devstack.redis_server")
