@@ -6,14 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DJANGO_SETTINGS_MODULE := cutemarkets.settings
 
-.PHONY: run test serve test-postgres bench bench-quick setup system-deps migrate clean
+.PHONY: run test serve test-postgres bench bench-quick setup system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,postgres]'
+	$(BIN)/pip install --quiet -e '.[dev,postgres,bench]'
 	touch $(STAMP)
 
 setup: system-deps $(STAMP)
@@ -47,15 +47,10 @@ test-postgres: setup
 		$(MAKE) --no-print-directory test PYTEST_ARGS="$(POSTGRES_TESTS) $(PYTEST_ARGS)"
 
 # Benchmarks (BENCHMARKS.md): the full run writes bench/results/ and the plot; the quick one takes about a minute.
-BENCH_STAMP := $(VENV)/.bench-installed
-$(BENCH_STAMP): pyproject.toml | $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,postgres,bench]'
-	touch $(BENCH_STAMP)
-
-bench: setup $(BENCH_STAMP)
+bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-bench-quick: setup $(BENCH_STAMP)
+bench-quick: setup
 	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 clean:
