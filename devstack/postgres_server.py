@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from devstack.wrapped_command import main, run_with_server
+from devstack.wrapped_command import main
 
 READY_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
@@ -139,11 +139,6 @@ class PostgresServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def run_with_private_postgres(command: list[str]) -> int:
-    """Run *command* with DATABASE_URL set to a fresh private instance; stop it afterwards, even on Ctrl-C."""
-    return run_with_server(PostgresServer(), "DATABASE_URL", command)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from devstack.wrapped_command import main, run_with_server
+from devstack.wrapped_command import main
 
 READY_TIMEOUT_SECONDS = 10.0
 
@@ -102,11 +102,6 @@ class RedisServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def run_with_private_redis(command: list[str]) -> int:
-    """Run *command* with REDIS_URL set to a fresh private instance; stop it afterwards, even on Ctrl-C."""
-    return run_with_server(RedisServer(), "REDIS_URL", command)
 
 
 if __name__ == "__main__":
