@@ -24,8 +24,8 @@ from streaming.backoff import Backoff
 from streaming.conf import stream_settings
 from streaming.fanout import MAX_FRAME_BYTES, SubscriptionIndex, encode_frames
 from streaming.protocol import Subscription
-from streaming.relay_source import open_upstream
-from streaming.upstream import UpstreamConnection, UpstreamError, UpstreamUnavailable
+from streaming.relay_source import FeedConnection, open_upstream
+from streaming.upstream import UpstreamError, UpstreamUnavailable
 
 logger = logging.getLogger("cutemarkets.hub")
 
@@ -64,7 +64,7 @@ class UpstreamHub:
         self.index = SubscriptionIndex()
         self.backoff = Backoff()
         self.connected = asyncio.Event()
-        self._connection: UpstreamConnection | None = None
+        self._connection: FeedConnection | None = None
         self._upstream_items: set[str] = set()
         self._sync_lock = asyncio.Lock()
         self._runner: asyncio.Task | None = None
@@ -205,7 +205,7 @@ class UpstreamHub:
                 return False
         return True
 
-    async def _pump(self, connection: UpstreamConnection) -> None:
+    async def _pump(self, connection: FeedConnection) -> None:
         """Route frames until the connection ends, or until nobody has needed it for the idle period."""
         frames = connection.frames().__aiter__()
         yield_at = time.monotonic() + YIELD_INTERVAL_SECONDS

@@ -63,13 +63,15 @@ class ConnectionLock:
     lua_release: ClassVar[AsyncScript | None] = None
     lua_refresh: ClassVar[AsyncScript | None] = None
 
-    def __init__(self, redis: redis.asyncio.Redis, user_id: int, ttl: float = DEFAULT_TTL_SECONDS) -> None:
+    def __init__(
+        self, redis: redis.asyncio.Redis, user_id: int, ttl: float = DEFAULT_TTL_SECONDS, key: str | None = None
+    ) -> None:
         if ttl <= 0:
             raise ValueError("ttl must be positive")
         self.redis = redis
         self.user_id = user_id
         self._ttl = ttl
-        self._key = f"{KEY_PREFIX}{user_id}"
+        self._key = key or f"{KEY_PREFIX}{user_id}"  # another key: the same lease for something else (relays)
         self._token = secrets.token_hex(TOKEN_BYTES)
         self._confirmed_at: float | None = None
         self.register_scripts(redis)

@@ -85,8 +85,7 @@ class RelayLease(ConnectionLock):
     user's, so `streaming.lock.hold` keeps it and reports its loss exactly as for connections."""
 
     def __init__(self, client: redis.asyncio.Redis, key: str, ttl: float) -> None:
-        super().__init__(client, user_id=0, ttl=ttl)
-        self._key = key
+        super().__init__(client, user_id=0, ttl=ttl, key=key)
 
 
 class Publisher:
