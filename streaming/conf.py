@@ -14,7 +14,6 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 MARKETS = ("options", "stocks")
-FAILURE_MODE_CLOSED = "closed"
 FAILURE_MODE_OPEN = "open"
 FANOUT_RELAY = "relay"
 

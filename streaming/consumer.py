@@ -163,6 +163,7 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_add(self.control_group, self.channel_name)
         await self.send(codes.AUTH_SUCCESS_FRAME)
         self.hub = UpstreamHub.for_market(self.market)
+        self._forwarded = metrics.ForwardedCounter(self.market)
         self.outbox = Outbox(self._send_frame, stream_settings().client_buffer_bytes, get_flow_control(self.scope))
         self.outbox.start()
         self.phase = Phase.ADMITTED
@@ -368,7 +369,7 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
     async def _send_frame(self, frame: str) -> None:
         # The outbox's hot path: straight to the server, past Channels' two wrapper coroutines.
         await self.base_send({"type": "websocket.send", "text": frame})
-        metrics.forwarded(self.market, 1, len(frame))
+        self._forwarded.add(1, len(frame))
 
     def _queue(self, frames: list[str]) -> None:
         """After admission everything goes through the outbox, so acks stay in order with data."""

@@ -69,7 +69,6 @@ class UpstreamHub:
         self._sync_lock = asyncio.Lock()
         self._runner: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
-        self._idle_since: float | None = None
         self._wake = asyncio.Event()
         self._state_changed = asyncio.Event()
         self._pending_acks: dict[str, asyncio.Future] = {}
@@ -141,11 +140,6 @@ class UpstreamHub:
             self.index.remove(client)
             self._spawn(self._sync_upstream())
 
-    @property
-    def upstream_items(self) -> frozenset[str]:
-        """What the upstream connection is subscribed to right now."""
-        return frozenset(self._upstream_items)
-
     # --- upstream side --------------------------------------------------------------------------------------------
 
     async def _next_state_change(self) -> None:
@@ -156,7 +150,6 @@ class UpstreamHub:
         self._state_changed = asyncio.Event()
 
     def _ensure_running(self) -> None:
-        self._idle_since = None
         if self._runner is None or self._runner.done():
             self._runner = asyncio.ensure_future(self._run())
 

@@ -70,7 +70,7 @@ def test_labels_stay_bounded_whatever_the_client_sends():
 
 def test_forwarded_frames_and_bytes():
     changes = Changes()
-    metrics.forwarded("stocks", 3, 1200)
+    metrics.ForwardedCounter("stocks").add(3, 1200)
     assert changes("cutemarkets_stream_forwarded_frames_total", market="stocks") == 3
     assert changes("cutemarkets_stream_forwarded_bytes_total", market="stocks") == 1200
     assert changes("cutemarkets_stream_forwarded_frames_total", market="options") == 0
