@@ -35,9 +35,13 @@ def status_event(status: str, message: str) -> dict[str, str]:
     return {"ev": "status", "status": status, "message": message}
 
 
+def status_frame_bytes(status: str, message: str) -> bytes:
+    """One status message as a UTF-8 text frame: a JSON array holding one status event."""
+    return orjson.dumps([status_event(status, message)])
+
+
 def status_frame(status: str, message: str) -> str:
-    """One status message as a text frame: a JSON array holding one status event."""
-    return orjson.dumps([status_event(status, message)]).decode()
+    return status_frame_bytes(status, message).decode()
 
 
 CONNECTED_FRAME = status_frame(STATUS_CONNECTED, MESSAGE_CONNECTED)

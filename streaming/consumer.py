@@ -164,7 +164,9 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         await self.send(codes.AUTH_SUCCESS_FRAME)
         self.hub = UpstreamHub.for_market(self.market)
         self._forwarded = metrics.ForwardedCounter(self.market)
-        self.outbox = Outbox(self._send_frame, stream_settings().client_buffer_bytes, get_flow_control(self.scope))
+        self.outbox = Outbox(
+            self._send_frame, stream_settings().client_buffer_bytes, get_flow_control(self.scope), self._count_sent
+        )
         self.outbox.start()
         self.phase = Phase.ADMITTED
         logger.info(
@@ -287,11 +289,11 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
 
     async def _on_stream_request(self, message: protocol.ClientMessage) -> None:
         items, errors = protocol.parse_subscriptions(message.params, self.market)
-        error_frames = [codes.status_frame(codes.STATUS_ERROR, error) for error in errors]
+        error_frames = [codes.status_frame_bytes(codes.STATUS_ERROR, error) for error in errors]
         if message.action == protocol.ACTION_SUBSCRIBE:
             items, refused = self._within_plan_cap(items)
-            error_frames += [codes.status_frame(codes.STATUS_ERROR, error) for error in refused]
-            acks = [codes.status_frame(codes.STATUS_SUCCESS, f"subscribed to: {item}") for item in items]
+            error_frames += [codes.status_frame_bytes(codes.STATUS_ERROR, error) for error in refused]
+            acks = [codes.status_frame_bytes(codes.STATUS_SUCCESS, f"subscribed to: {item}") for item in items]
             if not items:
                 self._queue(error_frames)
                 return
@@ -302,7 +304,7 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         else:
             if items:
                 await self.hub.unsubscribe(self, items)
-            acks = [codes.status_frame(codes.STATUS_SUCCESS, f"unsubscribed to: {item}") for item in items]
+            acks = [codes.status_frame_bytes(codes.STATUS_SUCCESS, f"unsubscribed to: {item}") for item in items]
             self._queue(acks + error_frames)
 
     def _within_plan_cap(self, items: list[protocol.Subscription]) -> tuple[list, list[str]]:
@@ -339,7 +341,7 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
 
     # --- what the hub calls ---------------------------------------------------------------------------------------
 
-    def deliver(self, frames: list[str]) -> None:
+    def deliver(self, frames: list[bytes]) -> None:
         if self.phase is Phase.ADMITTED and not self.outbox.put(frames):
             metrics.slow_consumer(self.market)
             self.phase = Phase.CLOSING
@@ -360,18 +362,19 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
     # --- sending and closing --------------------------------------------------------------------------------------
 
     async def _status(self, status: str, message: str) -> None:
-        frame = codes.status_frame(status, message)
         if self.outbox is not None:
-            self._queue([frame])
+            self._queue([codes.status_frame_bytes(status, message)])
         else:
-            await self.send(frame)
+            await self.send(codes.status_frame(status, message))
 
-    async def _send_frame(self, frame: str) -> None:
-        # The outbox's hot path: straight to the server, past Channels' two wrapper coroutines.
-        await self.base_send({"type": "websocket.send", "text": frame})
+    async def _send_frame(self, frame: bytes) -> None:
+        # The outbox's path when the server is not daphne: straight to the server, past Channels' wrappers.
+        await self.base_send({"type": "websocket.send", "text": frame.decode()})
+
+    def _count_sent(self, frame: bytes) -> None:
         self._forwarded.add(1, len(frame))
 
-    def _queue(self, frames: list[str]) -> None:
+    def _queue(self, frames: list[bytes]) -> None:
         """After admission everything goes through the outbox, so acks stay in order with data."""
         if frames:
             self.deliver(frames)

@@ -148,9 +148,9 @@ class SubscriptionIndex:
         return touched
 
 
-def encode_frames(events: list[bytes], limit: int = MAX_FRAME_BYTES) -> list[str]:
-    """Join encoded events into JSON-array text frames, each under *limit* bytes, keeping their order."""
-    frames: list[str] = []
+def encode_frames(events: list[bytes], limit: int = MAX_FRAME_BYTES) -> list[bytes]:
+    """Join encoded events into JSON-array text frames (UTF-8), each under *limit* bytes, keeping their order."""
+    frames: list[bytes] = []
     start = 0
     size = FRAME_OVERHEAD
     for position, event in enumerate(events):
@@ -165,5 +165,5 @@ def encode_frames(events: list[bytes], limit: int = MAX_FRAME_BYTES) -> list[str
     return frames
 
 
-def _join(events: list[bytes]) -> str:
-    return (b"[" + b",".join(events) + b"]").decode()
+def _join(events: list[bytes]) -> bytes:
+    return b"[" + b",".join(events) + b"]"

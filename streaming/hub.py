@@ -39,8 +39,8 @@ YIELD_INTERVAL_SECONDS = 0.005  # longest the router runs through a backlog befo
 class Subscriber(Protocol):
     """What the hub needs from a client connection."""
 
-    def deliver(self, frames: list[str]) -> None:
-        """Queue text frames for the client (never blocks)."""
+    def deliver(self, frames: list[bytes]) -> None:
+        """Queue UTF-8 text frames for the client (never blocks)."""
 
     def upstream_failed(self, message: str) -> None:
         """The upstream is gone: tell the client and close it (1011)."""
@@ -218,7 +218,7 @@ class UpstreamHub:
                 await asyncio.sleep(0)
                 yield_at = time.monotonic() + YIELD_INTERVAL_SECONDS
 
-    async def _next_frame(self, frames) -> str | bytes:
+    async def _next_frame(self, frames) -> bytes:
         """The next frame; with a silence limit set, a feed that stays quiet that long counts as stalled."""
         if not self.silence_seconds:
             return await anext(frames)
@@ -282,7 +282,7 @@ class UpstreamHub:
             self.index.remove(client)
             client.upstream_failed(message)
 
-    def _dispatch(self, frame: str | bytes) -> None:
+    def _dispatch(self, frame: bytes) -> None:
         """Route one upstream frame, batched per group of identical subscriptions.
 
         A group that takes every event of the frame (its wildcards cover all the frame's event types) gets the
@@ -309,10 +309,10 @@ class UpstreamHub:
         if not routed:
             return
         whole: list = []
-        if len(routed) == len(events) and _utf8_length(frame) < MAX_FRAME_BYTES:
+        if len(routed) == len(events) and len(frame) < MAX_FRAME_BYTES:
             whole = self.index.groups_taking_all({event_type for event_type, _, _ in routed})
             if whole:
-                frames = [frame if isinstance(frame, str) else frame.decode()]
+                frames = [frame]
                 for group in whole:
                     for client in group.members:
                         client.deliver(frames)
@@ -342,7 +342,7 @@ class UpstreamHub:
             if message.endswith(item_text)
             for client in self.index.clients_of(Subscription(*item_text.split(".", 1)))
         ] or self.index.clients()
-        frame = orjson.dumps([event]).decode()
+        frame = orjson.dumps([event])
         for client in dict.fromkeys(concerned):
             client.deliver([frame])
 
@@ -351,8 +351,3 @@ class UpstreamHub:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-
-def _utf8_length(frame: str | bytes) -> int:
-    if isinstance(frame, bytes) or frame.isascii():
-        return len(frame)
-    return len(frame.encode("utf-8", "surrogatepass"))

@@ -172,7 +172,7 @@ class RelaySession:
 
     async def _pump(self) -> None:
         async for frame in self.connection.frames():
-            data = frame.encode() if isinstance(frame, str) else frame
+            data = frame
             await self.publisher.publish(KIND_FRAME, data)
             subscribed, unsubscribed = upstream_acks(data)
             if subscribed or unsubscribed:

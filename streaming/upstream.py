@@ -102,11 +102,12 @@ class UpstreamConnection:
             except ConnectionClosed:
                 raise UpstreamUnavailable("upstream connection lost") from None
 
-    async def frames(self) -> AsyncIterator[str | bytes]:
-        """Every frame until the connection ends; raises UpstreamUnavailable when it ends (it never should)."""
+    async def frames(self) -> AsyncIterator[bytes]:
+        """Every frame, undecoded, until the connection ends; raises UpstreamUnavailable when it ends (it never
+        should). The hub parses each frame with orjson, which rejects invalid UTF-8, before forwarding any of it."""
         try:
-            async for frame in self._websocket:
-                yield frame
+            while True:
+                yield await self._websocket.recv(decode=False)
         except ConnectionClosed:
             pass
         raise UpstreamUnavailable(f"upstream connection lost (close code {self._websocket.close_code})")

@@ -1,7 +1,8 @@
 """Plain ASGI app that tests/streaming/test_daphne_shim.py runs under a real daphne process.
 
-WebSocket ``/close?code=&reason=`` accepts then closes; ``/flood?id=&mode=`` sends to a client that does not read
-(``mode`` = outbox, wait or ignore: see the ``_flood_*`` functions). HTTP ``/stats`` returns what each flood connection observed, ``/abort?id=`` makes an ``ignore`` flood
+WebSocket ``/close?code=&reason=`` accepts then closes; ``/frames`` sends ``FRAME_SIZES`` text frames through
+``FlowControl.write_text`` interleaved with ASGI sends, then closes; ``/flood?id=&mode=`` sends to a client that does
+not read (``mode`` = outbox, wait or ignore: see the ``_flood_*`` functions). HTTP ``/stats`` returns what each flood connection observed, ``/abort?id=`` makes an ``ignore`` flood
 abort its connection. ``SHIM_APP_INSTALL=0`` in the environment leaves daphne unpatched.
 """
 
@@ -28,6 +29,9 @@ STALL_SECONDS = 0.5
 """In ``wait`` mode, a ``wait_writable()`` that has not returned after this long means the socket is stalled."""
 SAFETY_CAP_BYTES = 512 * 1024 * 1024
 
+FRAME_SIZES = (0, 1, 125, 126, 65535, 65536, 300_000)
+"""Payload lengths around the frame header's three length encodings."""
+
 STATS: dict[str, dict[str, Any]] = {}
 ABORT_REQUESTS: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
 
@@ -41,6 +45,8 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "websocket.accept"})
         if scope["path"] == "/close":
             await _close(query, receive, send)
+        elif scope["path"] == "/frames":
+            await _frames(scope, receive, send)
         else:
             await _flood(scope, query, receive, send)
 
@@ -60,6 +66,23 @@ async def _close(query: dict[str, str], receive: Any, send: Any) -> None:
     if "reason" in query:
         message["reason"] = query["reason"]
     await send(message)
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
+def frame_payload(size: int) -> bytes:
+    """*size* bytes of UTF-8 text with a two-byte character in it when there is room."""
+    return (b"\xc3\xa9" + b"x" * (size - 2)) if size >= 2 else b"y" * size
+
+
+async def _frames(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    flow = daphne_shim.get_flow_control(scope)
+    assert flow is not None
+    for number, size in enumerate(FRAME_SIZES):
+        flow.write_text(frame_payload(size))
+        await send({"type": "websocket.send", "text": f"asgi {number}"})
+    await send({"type": "websocket.close", "code": 1000})
+    flow.write_text(b"after close")  # dropped: the close handshake has begun
     while (await receive())["type"] != "websocket.disconnect":
         pass
 
@@ -88,12 +111,14 @@ async def _send_frame(send: Any, stats: dict[str, Any], frame: bytes) -> None:
 
 
 async def _flood_into_outbox(flow: daphne_shim.FlowControl, stats: dict[str, Any], send: Any) -> None:
-    """The gateway's pattern: send while writable, else queue; on outbox overflow, ``slow_consumer`` and 1008."""
+    """The gateway's pattern: write while writable, else queue; on outbox overflow, ``slow_consumer`` and 1008."""
     outbox: collections.deque[bytes] = collections.deque()
     while stats["sent"] < SAFETY_CAP_BYTES:
         outbox.append(b"x" * FRAME_BYTES)
         while outbox and flow.is_writable():
-            await _send_frame(send, stats, outbox.popleft())
+            frame = outbox.popleft()
+            flow.write_text(frame)
+            stats["sent"] += len(frame)
         if not flow.is_writable():
             stats.setdefault("first_unwritable_at", stats["sent"])
         if len(outbox) > OUTBOX_MAX_FRAMES:

@@ -196,6 +196,29 @@ def test_sanitize_close() -> None:
     assert daphne_shim.sanitize_close(1001, "a" * 200) == (1001, b"a" * 123)
 
 
+def test_write_text_frames_arrive_intact_and_in_order_with_asgi_sends(daphne: Daphne) -> None:
+    from tests.streaming.shim_app import FRAME_SIZES, frame_payload
+
+    with connect(f"ws://127.0.0.1:{daphne.port}/frames", max_size=None) as client:
+        received = []
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                received.append(client.recv())
+    expected = []
+    for number, size in enumerate(FRAME_SIZES):
+        expected += [frame_payload(size).decode(), f"asgi {number}"]
+    assert received == expected  # text frames (str), the "after close" write dropped
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+    assert "Traceback" not in daphne.stderr()
+
+
+def test_text_frame_header_encodes_the_three_lengths() -> None:
+    assert daphne_shim.text_frame_header(125) == b"\x81\x7d"
+    assert daphne_shim.text_frame_header(126) == b"\x81\x7e\x00\x7e"
+    assert daphne_shim.text_frame_header(65535) == b"\x81\x7e\xff\xff"
+    assert daphne_shim.text_frame_header(65536) == b"\x81\x7f" + (65536).to_bytes(8, "big")
+
+
 def open_non_reading_client(daphne: Daphne, path: str) -> socket.socket:
     """A raw WebSocket client that completes the handshake, then never reads again."""
     sock = socket.socket()

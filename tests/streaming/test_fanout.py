@@ -72,11 +72,11 @@ def test_frames_stay_under_the_limit_and_keep_order():
     events = [orjson.dumps({"ev": "T", "i": i, "pad": "x" * 200}) for i in range(20_000)]
     frames = encode_frames(events)
     assert len(frames) > 1
-    assert all(len(frame.encode()) < MAX_FRAME_BYTES for frame in frames)
+    assert all(len(frame) < MAX_FRAME_BYTES for frame in frames)
     decoded = [item for frame in frames for item in orjson.loads(frame)]
     assert [item["i"] for item in decoded] == list(range(20_000))
 
 
 def test_small_batches_make_one_frame():
-    assert encode_frames([b'{"a":1}', b'{"b":2}']) == ['[{"a":1},{"b":2}]']
-    assert encode_frames([b'{"a":1}', b'{"b":2}'], limit=12) == ['[{"a":1}]', '[{"b":2}]']
+    assert encode_frames([b'{"a":1}', b'{"b":2}']) == [b'[{"a":1},{"b":2}]']
+    assert encode_frames([b'{"a":1}', b'{"b":2}'], limit=12) == [b'[{"a":1}]', b'[{"b":2}]']
