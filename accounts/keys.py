@@ -5,25 +5,39 @@ the row and is safe to show and log; leaked keys are greppable by it. Only SHA-2
 hash is right for 238 bits of randomness, and the check is hash-then-``hmac.compare_digest``, so its time does not
 depend on how much of a guess is right. Resolutions are cached in Redis (django-redis) and invalidated by
 ``accounts.signals`` so that revocations and tier changes take effect at once.
+
+``resolve_key_async`` is the same resolution for the gateway's event loop: it reads the cached record with an
+asyncio Redis client (same key, same encoding as django-redis), so a warm admission costs one round trip and no
+thread; only a cache miss goes to the database, in a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
+from channels.db import database_sync_to_async
 from django.core.cache import cache
 from django.db.models import OuterRef, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import ApiKey, Plan, Product, ProductTier
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+logger = logging.getLogger(__name__)
 
 ALPHABET = string.ascii_letters + string.digits
 PUBLIC_ID_LENGTH = 12
@@ -37,7 +51,7 @@ KEY_PATTERN = re.compile(
 
 CACHE_TIMEOUT_SECONDS = 300
 MISSING_CACHE_TIMEOUT_SECONDS = 60
-LAST_USED_INTERVAL_SECONDS = 60
+MISSING = {"missing": True}
 
 
 class DenialReason(enum.StrEnum):
@@ -150,22 +164,23 @@ def _load_record(prefix: str) -> dict | None:
     return row
 
 
-def _record(prefix: str) -> dict | None:
+def _cache_timeout(record: dict) -> int:
+    return MISSING_CACHE_TIMEOUT_SECONDS if "missing" in record else CACHE_TIMEOUT_SECONDS
+
+
+def _record(prefix: str) -> dict:
     record = cache.get(cache_key(prefix))
     if record is None:
-        record = _load_record(prefix) or {"missing": True}
-        timeout = MISSING_CACHE_TIMEOUT_SECONDS if "missing" in record else CACHE_TIMEOUT_SECONDS
-        cache.set(cache_key(prefix), record, timeout)
-    return None if "missing" in record else record
+        record = _load_record(prefix) or MISSING
+        cache.set(cache_key(prefix), record, _cache_timeout(record))
+    return record
 
 
-def record_use(entitlement: Entitlement) -> None:
-    """Stamp ``last_used_at`` at most once a minute per key, so a reconnect storm does not write the database.
-
-    Kept out of ``resolve_key`` so that resolution stays one read; callers run it off the admission path.
-    """
-    if cache.add(f"apikey-used:{entitlement.key_prefix}", 1, timeout=LAST_USED_INTERVAL_SECONDS):
-        ApiKey.objects.filter(pk=entitlement.key_id).update(last_used_at=timezone.now())
+def stamp_last_used(key_ids: Iterable[int]) -> None:
+    """Set ``last_used_at`` of these keys to now, in one UPDATE (the gateway batches the keys it admits)."""
+    ids = list(key_ids)
+    if ids:
+        ApiKey.objects.filter(pk__in=ids).update(last_used_at=timezone.now())
 
 
 def resolve_key(raw: str, now: datetime | None = None) -> Entitlement | Denial:
@@ -174,7 +189,56 @@ def resolve_key(raw: str, now: datetime | None = None) -> Entitlement | Denial:
     if parsed is None:
         return Denial(DenialReason.MALFORMED)
     prefix, secret = parsed
-    record = _record(prefix)
+    return _decide(prefix, secret, _record(prefix), now)
+
+
+def resolve_key_uncached(raw: str) -> Entitlement | Denial:
+    """``resolve_key`` straight from the database, for when the cache's Redis is unreachable."""
+    parsed = parse_key(raw)
+    if parsed is None:
+        return Denial(DenialReason.MALFORMED)
+    prefix, secret = parsed
+    return _decide(prefix, secret, _load_record(prefix) or MISSING, None)
+
+
+async def resolve_key_async(raw: str, redis: redis.asyncio.Redis) -> Entitlement | Denial:
+    """``resolve_key`` on the event loop: the cached record is read with *redis* (no thread); a miss loads the
+    record in a worker thread (one query) and writes it to the cache without waiting for the write.
+
+    Raises what Redis or the database raise: the caller must fail closed.
+    """
+    parsed = parse_key(raw)
+    if parsed is None:
+        return Denial(DenialReason.MALFORMED)
+    prefix, secret = parsed
+    key = cache.client.make_key(cache_key(prefix))
+    stored = await redis.get(key)
+    if stored is not None:
+        record = cache.client.decode(stored)
+    else:
+        record = await database_sync_to_async(_load_record, thread_sensitive=False)(prefix) or MISSING
+        _write_behind(redis, key, record)
+    return _decide(prefix, secret, record, None)
+
+
+_cache_writes: set[asyncio.Task] = set()
+
+
+def _write_behind(redis: redis.asyncio.Redis, key: str, record: dict) -> None:
+    task = asyncio.ensure_future(redis.set(key, cache.client.encode(record), ex=_cache_timeout(record)))
+    _cache_writes.add(task)
+    task.add_done_callback(_cache_written)
+
+
+def _cache_written(task: asyncio.Task) -> None:
+    _cache_writes.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("key record not cached: %s", type(task.exception()).__name__)
+
+
+def _decide(prefix: str, secret: str, record: dict, now: datetime | None) -> Entitlement | Denial:
+    if "missing" in record:
+        record = None
     # The secret is checked before anything else about the key is revealed.
     if record is None or not secret_matches(secret, record["secret_hash"]):
         return Denial(DenialReason.UNKNOWN)

@@ -48,6 +48,7 @@ class StreamSettings:
     relay_registration_ttl: float
     relay_unsubscribe_grace: float
     relay_lease_ttl: float
+    key_usage_interval: float
 
     def upstream(self, market: str) -> Upstream | None:
         """The market's upstream if this process serves the market. In relay mode the feed relays hold the key,
@@ -83,6 +84,7 @@ def stream_settings() -> StreamSettings:
         relay_registration_ttl=settings.STREAM_RELAY_REGISTRATION_TTL,
         relay_unsubscribe_grace=settings.STREAM_RELAY_UNSUBSCRIBE_GRACE,
         relay_lease_ttl=settings.STREAM_RELAY_LEASE_TTL,
+        key_usage_interval=settings.STREAM_KEY_USAGE_INTERVAL,
     )
 
 

@@ -14,14 +14,14 @@ import logging
 import time
 
 import redis.exceptions
-from channels.db import database_sync_to_async
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from accounts.keys import Entitlement, record_use
+from accounts.keys import Entitlement
 from streaming import codes, metrics, protocol
 from streaming.admission import Rejection, Rule, decide, reject
 from streaming.conf import FAILURE_MODE_OPEN, stream_settings
-from streaming.control import user_group
+from streaming.control import join_user_group
 from streaming.credentials import (
     SOURCE_MESSAGE,
     Credential,
@@ -31,6 +31,7 @@ from streaming.credentials import (
 )
 from streaming.daphne_shim import get_flow_control
 from streaming.hub import UpstreamHub
+from streaming.key_usage import KeyUsage
 from streaming.lock import ConnectionLock, LockLossReason, LockUnavailable, hold, local_locks
 from streaming.outbox import Outbox
 from streaming.ratelimit import TokenBucket
@@ -83,6 +84,19 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
             await self._close_quietly(codes.CLOSE_INTERNAL_ERROR, "stream gateway error")
         finally:
             await asyncio.shield(self._cleanup())
+
+    async def dispatch(self, message: dict) -> None:
+        """Run the message's handler, without Channels' ``aclose_old_connections()`` before it.
+
+        Channels checks the database connections before every handler through its one shared sync thread: a thread
+        hop per connect, client message and disconnect, all of them queued behind each other. This consumer never
+        uses the database on the event loop (key resolution and usage stamps run in ``database_sync_to_async``,
+        which does the same check in its own thread), so it has nothing to check.
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     # --- lifecycle ------------------------------------------------------------------------------------------------
 
@@ -159,8 +173,7 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         self.credential = credential
         metrics.admitted(self.market)
         if self.channel_layer is not None:
-            self.control_group = user_group(decision.user_id)
-            await self.channel_layer.group_add(self.control_group, self.channel_name)
+            self.control_group = await join_user_group(self.channel_layer, decision.user_id, self.channel_name)
         await self.send(codes.AUTH_SUCCESS_FRAME)
         self.hub = UpstreamHub.for_market(self.market)
         self._forwarded = metrics.ForwardedCounter(self.market)
@@ -173,7 +186,7 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
             "stream accepted user=%s key=%s market=%s plan=%s via=%s",
             decision.user_id, decision.key_prefix, self.market, decision.plan, credential.source,
         )
-        self._spawn(self._record_use(decision))
+        KeyUsage.for_loop().note(decision.key_id)
 
     async def _acquire_lock(self, entitlement: Entitlement) -> Rejection | None:
         settings = stream_settings()
@@ -200,14 +213,6 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
             return reject(Rule.ALREADY_CONNECTED)
         self._spawn(hold(lock, self._on_lock_lost))
         return None
-
-    @staticmethod
-    async def _record_use(entitlement: Entitlement) -> None:
-        """Stamp the key's last use off the admission path; bookkeeping never fails a stream."""
-        try:
-            await database_sync_to_async(record_use)(entitlement)
-        except Exception as error:
-            logger.warning("last_used_at of key %s not recorded: %s", entitlement.key_prefix, type(error).__name__)
 
     @staticmethod
     async def _acquire_patiently(lock: ConnectionLock, wait: float) -> bool:

@@ -8,9 +8,11 @@ travel this way; market data never does.
 from __future__ import annotations
 
 import logging
+import time
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.layers import BaseChannelLayer, get_channel_layer
+from channels_redis.core import RedisChannelLayer
 from django.db import transaction
 from django.dispatch import receiver
 
@@ -23,6 +25,24 @@ RECHECK_MESSAGE = {"type": "stream.recheck"}
 
 def user_group(user_id: int) -> str:
     return f"stream-user-{user_id}"
+
+
+async def join_user_group(layer: BaseChannelLayer, user_id: int, channel_name: str) -> str:
+    """Add *channel_name* to the user's group and return the group's name.
+
+    channels-redis's ``group_add`` awaits its ZADD and then its EXPIRE: two round trips on every admission. This
+    sends the same two commands, to the same key on the same shard, pipelined in one.
+    """
+    group = user_group(user_id)
+    if not isinstance(layer, RedisChannelLayer):
+        await layer.group_add(group, channel_name)
+        return group
+    key = layer._group_key(group)
+    async with layer.connection(layer.consistent_hash(group)).pipeline(transaction=False) as pipe:
+        pipe.zadd(key, {channel_name: time.time()})
+        pipe.expire(key, layer.group_expiry)
+        await pipe.execute()
+    return group
 
 
 def request_recheck(user_ids: list[int]) -> None:

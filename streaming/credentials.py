@@ -11,9 +11,12 @@ import logging
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode
 
+import redis.exceptions
 from channels.db import database_sync_to_async
 
-from accounts.keys import Denial, Entitlement, resolve_key
+from accounts.keys import Denial, Entitlement, resolve_key_async, resolve_key_uncached
+from streaming.conf import FAILURE_MODE_OPEN, stream_settings
+from streaming.redis_client import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +85,20 @@ def credential_from_scope(scope: dict) -> Credential | MalformedCredential | Non
 
 
 async def resolve_credential(credential: Credential) -> Entitlement | Denial | ResolutionFailed:
+    """The key's entitlement, through the Redis cache; with ``STREAM_LOCK_FAILURE_MODE=open`` an unreachable Redis
+    is bypassed (the database answers, uncached), since admission proceeds without Redis in that mode."""
     try:
-        return await database_sync_to_async(resolve_key)(credential.key)
+        return await resolve_key_async(credential.key, redis_client())
+    except redis.exceptions.RedisError as error:
+        if stream_settings().lock_failure_mode != FAILURE_MODE_OPEN:
+            logger.error("API key resolution failed: Redis unreachable: %s: %s", type(error).__name__, error)
+            return RESOLUTION_FAILED
+        logger.error("key cache unreachable (%s): resolving from the database", type(error).__name__)
+        try:
+            return await database_sync_to_async(resolve_key_uncached, thread_sensitive=False)(credential.key)
+        except Exception as error:
+            logger.error("API key resolution failed: %s: %s", type(error).__name__, error)
+            return RESOLUTION_FAILED
     except Exception as error:  # the key is fine or not; we cannot tell, so nobody is admitted
         logger.error("API key resolution failed: %s: %s", type(error).__name__, error)
         return RESOLUTION_FAILED

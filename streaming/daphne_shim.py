@@ -5,14 +5,16 @@ daphne hands ``websocket.close`` to autobahn's ``sendClose``, which refuses ever
 ``websocket.send`` straight into the Twisted transport, so a client that stops reading makes the server buffer without
 bound. ``install()`` patches daphne so that any sendable close code and its reason leave as a clean close frame, so
 that each WebSocket scope carries a ``FlowControl`` extension telling the application when the socket is not draining,
-so that SIGTERM closes every WebSocket with 1001 and lets the apps clean up (``streaming.shutdown``), and so that its
-access log never shows a query string (browsers send their API key in one) and goes through Python logging.
+so that SIGTERM closes every WebSocket with 1001 and lets the apps clean up (``streaming.shutdown``), so that its
+access log never shows a query string (browsers send their API key in one) and goes through Python logging, and so
+that autobahn stops pretty-printing its configuration for a debug line nobody reads on every connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import pprint
 import struct
 import sys
 from collections.abc import Callable
@@ -235,14 +237,37 @@ def install() -> bool:
     server_module = sys.modules.get("daphne.server")
     if server_module is None:
         return False
+    import autobahn.websocket.protocol
     from daphne.access import AccessLogGenerator
     from daphne.ws_protocol import WebSocketProtocol
 
+    autobahn.websocket.protocol.pformat = DeferredPformat
     _patch(WebSocketProtocol, "handle_reply", _patched_handle_reply)
     _patch(server_module.Server, "create_application", _patched_create_application)
     _patch(server_module.Server, "kill_all_applications", _patched_kill_all_applications)
     _patch(AccessLogGenerator, "write_entry", _patched_write_entry)
     return True
+
+
+class DeferredPformat:
+    """``pprint.pformat(value)``, computed only if the result is formatted into a log line.
+
+    autobahn's ``_connectionMade`` and ``startHandshake`` pass ``pformat(...)`` of the connection's ~40 settings to
+    ``log.debug`` on every connection, whatever the log level: 15% of the gateway's CPU in an admission storm. As
+    autobahn's module-level ``pformat`` this costs one small object unless debug logging is on, when the line reads
+    as before. (autobahn's ``Timings.__str__`` also calls it; daphne never tracks timings.)
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: Any) -> None:
+        self._value = value
+
+    def __str__(self) -> str:
+        return pprint.pformat(self._value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
 
 def _patch(cls: type, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import Any
 
 from daphne.ws_protocol import WebSocketProtocol
@@ -69,6 +70,9 @@ async def drain(server: Any, timeout: float) -> None:
         for instance in running:
             instance.cancel()
         await asyncio.wait(running, timeout=CANCEL_GRACE_SECONDS)
+    key_usage = sys.modules.get("streaming.key_usage")  # loaded by the gateway; the shim serves plain apps too
+    if key_usage is not None:
+        await key_usage.KeyUsage.flush_for_loop()  # the last interval's last_used_at stamps
 
 
 def drain_timeout() -> float:

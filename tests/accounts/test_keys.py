@@ -154,16 +154,16 @@ def test_a_new_key_is_not_hidden_by_a_cached_miss():
     assert isinstance(resolve_key(generated.raw), Entitlement)
 
 
-def test_record_use_writes_at_most_once_a_minute(django_assert_num_queries):
+def test_stamp_last_used_writes_many_keys_in_one_query(django_assert_num_queries):
     user = make_user(plans={"options": "expert"})
-    api_key, raw = make_key(user)
-    entitlement = resolve_key(raw)
+    stamped = [make_key(user)[0] for _ in range(3)]
+    untouched, _ = make_key(user)
     with django_assert_num_queries(1):
-        keys.record_use(entitlement)
+        keys.stamp_last_used({api_key.pk for api_key in stamped})
     with django_assert_num_queries(0):
-        keys.record_use(entitlement)
-    api_key.refresh_from_db()
-    assert api_key.last_used_at is not None
+        keys.stamp_last_used(set())
+    assert all(ApiKey.objects.get(pk=api_key.pk).last_used_at is not None for api_key in stamped)
+    assert ApiKey.objects.get(pk=untouched.pk).last_used_at is None
 
 
 class TestCacheInvalidation:

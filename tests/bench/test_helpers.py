@@ -39,3 +39,22 @@ def test_weighted_percentiles_of_nothing_are_nan():
 
 def test_split_spreads_items_evenly():
     assert split(list(range(5)), 2) == [[0, 2, 4], [1, 3]]
+
+
+def test_compare_reports_latency_added_to_direct_clients_per_run():
+    from bench.scenarios import Target, compare
+
+    def trial(run: int, target: str, p50: float, p99: float) -> dict:
+        return {"run": run, "target": target, "delivered_events_per_s": 100.0, "delivered_frames_per_s": 10.0,
+                "events_per_frame": 10.0, "upstream_events_per_s": 100.0, "server_cpu_percent": 10.0,
+                "server_cpu_us_per_event": 1.0, "server_rss_mb_max": 50.0, "clients_closed_by_server": {},
+                "latency_ms": {"p50": p50, "p99": p99, "p99.9": p99, "max": p99}}
+
+    targets = [Target("gateway", "daphne"), Target("ceiling", "ceiling"), Target("direct", "direct")]
+    trials = [trial(0, "gateway", 3.0, 9.0), trial(0, "ceiling", 2.0, 6.0), trial(0, "direct", 1.0, 4.0),
+              trial(1, "gateway", 8.0, 20.0), trial(1, "ceiling", 2.5, 7.0), trial(1, "direct", 6.0, 10.0)]
+    result = compare(trials, targets, "ceiling", runs=2)
+    # per run: gateway - direct = (2, 5) and (2, 10): the medians of the differences, not of the absolute figures
+    assert result["gateway"]["added_latency_ms_vs_direct"]["p50"] == 2.0
+    assert result["gateway"]["added_latency_ms_vs_direct"]["p99"] == 7.5
+    assert "added_latency_ms_vs_direct" not in result["direct"]

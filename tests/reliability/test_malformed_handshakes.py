@@ -266,7 +266,7 @@ async def attempt(port: int, request: bytes, send: list[bytes] = ()) -> Reply:
 
 # --- the gateway and its keys --------------------------------------------------------------------------------------
 
-GATEWAY_ENV = {"STREAM_AUTH_TIMEOUT": "1", "STREAM_REJECT_GRACE": "0.2"}
+GATEWAY_ENV = {"STREAM_AUTH_TIMEOUT": "1", "STREAM_REJECT_GRACE": "0.2", "STREAM_KEY_USAGE_INTERVAL": "0.2"}
 LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 # With DJANGO_DEBUG=1 (the test gateways) Django's own console handler repeats django.request warnings unformatted.
 DJANGO_DEBUG_ECHO = re.compile(r"(Not Found|Bad Request|Forbidden|Method Not Allowed)( \(\w+\))?: /")
@@ -931,6 +931,9 @@ def test_no_raw_key_or_secret_is_stored_anywhere(gateway_factory, transactional_
     client.post(reverse("admin:accounts_apikey_changelist"), {"action": "revoke_keys",
                                                                "_selected_action": [admin_made.pk]}, follow=True)
     assert ApiKey.objects.get(pk=admin_made.pk).is_revoked
+    deadline = time.monotonic() + 5  # the gateway writes last_used_at in batches (STREAM_KEY_USAGE_INTERVAL)
+    while ApiKey.objects.exclude(last_used_at=None).count() < len(issued) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert ApiKey.objects.exclude(last_used_at=None).count() == len(issued)  # the gateway did write to these rows
 
     secrets = {secret_of(key): name for name, key in issued.items()}

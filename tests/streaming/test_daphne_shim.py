@@ -184,8 +184,18 @@ patched = (daphne.server.Server.create_application, daphne.ws_protocol.WebSocket
 assert daphne_shim.install() is True
 assert patched == (daphne.server.Server.create_application, daphne.ws_protocol.WebSocketProtocol.handle_reply)
 assert daphne_shim.get_flow_control({"type": "websocket"}) is None
+import autobahn.websocket.protocol
+assert autobahn.websocket.protocol.pformat is daphne_shim.DeferredPformat
 """
     subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, check=True, timeout=30)
+
+
+def test_deferred_pformat_reads_as_pformat_when_formatted() -> None:
+    import pprint
+
+    settings = [(f"option{number}", number, "WebSocketServerFactory") for number in range(40)]
+    deferred = daphne_shim.DeferredPformat(settings)
+    assert str(deferred) == f"{deferred}" == "\n{}".format(deferred)[1:] == pprint.pformat(settings)
 
 
 def test_sanitize_close() -> None:
