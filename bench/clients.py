@@ -37,6 +37,7 @@ class StreamJob:
     keys: list[str | None]
     params: list[str]  # subscribe params per connection
     slow: list[bool] = field(default_factory=list)
+    auth_by_message: bool = False  # the upstream's way ({"action":"auth"}), for clients connected to it directly
 
 
 @dataclass
@@ -57,11 +58,15 @@ def headers(key: str | None) -> dict[str, str] | None:
     return {"Authorization": f"Bearer {key}"} if key else None
 
 
-async def open_subscribed(url: str, key: str | None, params: str, slow: bool = False) -> ClientConnection:
+async def open_subscribed(url: str, key: str | None, params: str, slow: bool = False,
+                          auth_by_message: bool = False) -> ClientConnection:
     websocket = await connect(
-        url, additional_headers=headers(key), compression=None, max_size=None, open_timeout=OPEN_TIMEOUT_SECONDS,
-        ping_interval=None, max_queue=1 if slow else 64,
+        url, additional_headers=None if auth_by_message else headers(key), compression=None, max_size=None,
+        open_timeout=OPEN_TIMEOUT_SECONDS, ping_interval=None, max_queue=1 if slow else 64,
     )
+    if auth_by_message:
+        await websocket.recv(decode=False)  # connected
+        await websocket.send(f'{{"action":"auth","params":"{key}"}}')
     while AUTH_SUCCESS not in await websocket.recv(decode=False):
         pass
     await websocket.send(f'{{"action":"subscribe","params":"{params}"}}')
@@ -118,7 +123,8 @@ class Recorder:
 async def run_stream(job: StreamJob, pipe) -> None:
     slow = job.slow or [False] * len(job.keys)
     connections = await bounded(
-        [open_subscribed(job.url, key, params, is_slow) for key, params, is_slow in zip(job.keys, job.params, slow)],
+        [open_subscribed(job.url, key, params, is_slow, job.auth_by_message)
+         for key, params, is_slow in zip(job.keys, job.params, slow)],
         CONNECT_CONCURRENCY,
     )
     pipe.send(("ready", len(connections)))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.clients import AdmitJob, IdleJob, StreamJob
-from bench.stack import Environment, Server, Upstream
+from bench.stack import UPSTREAM_KEY, Environment, Server, Upstream
 from bench.workers import WorkerError, Workers, median, split, weighted_percentiles
 
 SERVER_SETTLE_SECONDS = 0.5
@@ -24,12 +24,13 @@ SERVER_SETTLE_SECONDS = 0.5
 @dataclass(frozen=True)
 class Target:
     label: str
-    kind: str  # daphne, uvicorn, ceiling
+    kind: str  # daphne, uvicorn, ceiling, direct
     source: Path | None = None
 
     @property
-    def needs_keys(self) -> bool:
-        return self.kind != "ceiling"
+    def is_gateway(self) -> bool:
+        """Serves the gateway (API keys, admission); the ceiling and direct targets do not."""
+        return self.kind in ("daphne", "uvicorn")
 
 
 def interleaved(targets: list[Target], runs: int):
@@ -70,7 +71,10 @@ def stream_trial(env: Environment, target: Target, *, rate: float, params: list[
     """Clients stream for ``duration`` seconds after ``warmup``; delivered events/s, latency, server CPU and RSS."""
     env.reset_redis()
     clients = len(params)
-    keys: list[str | None] = list(env.keys[:clients]) if target.needs_keys else [None] * clients
+    if target.is_gateway:
+        keys: list[str | None] = list(env.keys[:clients])
+    else:
+        keys = [UPSTREAM_KEY if target.kind == "direct" else None] * clients
     slow = slow or [False] * clients
     upstream = Upstream(env, rate)
     server = Server(target.kind, env, upstream, target.source, extra_env=extra_env, label=target.label)
@@ -78,7 +82,7 @@ def stream_trial(env: Environment, target: Target, *, rate: float, params: list[
     try:
         time.sleep(SERVER_SETTLE_SECONDS)
         processes = max(1, min(processes, clients))
-        jobs = [StreamJob(server.url(), k, p, s)
+        jobs = [StreamJob(server.url(), k, p, s, auth_by_message=target.kind == "direct")
                 for k, p, s in zip(split(keys, processes), split(params, processes), split(slow, processes))]
         sampler = RssSampler(server)
         workers = Workers(jobs)
@@ -142,7 +146,9 @@ STREAM_FIGURES = ["delivered_events_per_s", "delivered_frames_per_s", "events_pe
 
 
 def compare(trials: list[dict], targets: list[Target], reference: str, runs: int) -> dict:
-    """Per-target medians, and per-run ratios target/reference (same run) of throughput and CPU per event."""
+    """Per-target medians; per-run ratios target/reference (same run) of throughput and CPU per event; and, when
+    the clients also ran connected to the upstream directly, the latency each target adds to that baseline (per-run
+    differences of each percentile, then their median)."""
     by_run: dict[tuple[int, str], dict] = {(trial["run"], trial["target"]): trial for trial in trials}
     result: dict = {}
     for target in targets:
@@ -161,6 +167,13 @@ def compare(trials: list[dict], targets: list[Target], reference: str, runs: int
             entry[f"throughput_ratio_vs_{reference}"] = median(ratios)
             entry[f"throughput_ratios_vs_{reference}_per_run"] = ratios
             entry[f"cpu_per_event_ratio_vs_{reference}"] = median(cpu_ratios)
+        direct = [run for run in range(runs) if (run, "direct") in by_run and (run, target.label) in by_run]
+        if direct and target.kind != "direct":
+            entry["added_latency_ms_vs_direct"] = {
+                name: median([by_run[(run, target.label)]["latency_ms"][name]
+                              - by_run[(run, "direct")]["latency_ms"][name] for run in direct])
+                for name in ("p50", "p99", "p99.9")
+            }
         result[target.label] = entry
     result["pairwise"] = {}
     for a in targets:
@@ -271,7 +284,9 @@ def admission(env: Environment, targets: list[Target], *, admissions: int, concu
                     workers.replies("ready")
                     start = time.time() + 0.3
                     workers.send(("go", start))
+                    cpu_before = server.cpu_seconds()
                     results = workers.replies("result")
+                    cpu_after = server.cpu_seconds()
                 finally:
                     workers.close()
                 time.sleep(1.0)  # let the closes' cleanup finish before counting Redis commands
@@ -289,6 +304,8 @@ def admission(env: Environment, targets: list[Target], *, admissions: int, concu
                     "run": run, "target": target.label, "phase": phase, "admissions": admissions,
                     "concurrency": concurrency, "succeeded": int(times.size), "failures": failures,
                     "admissions_per_s": times.size / elapsed,
+                    # admission, stream and close, while the clients ran (their closes' cleanup may trail a little)
+                    "server_cpu_ms_per_admission": 1e3 * (cpu_after - cpu_before) / max(1, times.size),
                     "time_to_auth_success_ms": {
                         "p50": float(np.percentile(times, 50) * 1e3) if times.size else float("nan"),
                         "p99": float(np.percentile(times, 99) * 1e3) if times.size else float("nan"),
@@ -299,6 +316,7 @@ def admission(env: Environment, targets: list[Target], *, admissions: int, concu
                 }
                 trials.append(trial)
                 log(f"  admission run {run} {target.label} {phase}: {trial['admissions_per_s']:,.0f}/s, "
+                    f"server CPU {trial['server_cpu_ms_per_admission']:.2f} ms/admission, "
                     f"p50 {trial['time_to_auth_success_ms']['p50']:.1f} ms p99 "
                     f"{trial['time_to_auth_success_ms']['p99']:.1f} ms, failures {failures}, redis/admission "
                     f"{trial['redis_commands_per_admission_total']:.2f} {commands}")
@@ -310,7 +328,8 @@ def admission(env: Environment, targets: list[Target], *, admissions: int, concu
         for phase in ("cold", "warm"):
             own = [t for t in trials if t["target"] == target.label and t["phase"] == phase]
             summary[f"{target.label}/{phase}"] = summarise(
-                own, ["admissions_per_s", "time_to_auth_success_ms", "redis_commands_per_admission_total"])
+                own, ["admissions_per_s", "time_to_auth_success_ms", "redis_commands_per_admission_total",
+                      "server_cpu_ms_per_admission"])
             summary[f"{target.label}/{phase}"]["redis_commands_per_admission"] = own[-1]["redis_commands_per_admission"]
     return {"admissions": admissions, "concurrency": concurrency, "db_queries_in_process": env.db_queries,
             "trials": trials, "summary": summary}

@@ -162,11 +162,12 @@ class Upstream:
         self.stats_file.unlink(missing_ok=True)
 
 
-SERVERS = ("daphne", "uvicorn", "ceiling")
+SERVERS = ("daphne", "uvicorn", "ceiling", "direct")
 
 
 class Server:
-    """The server under test: ``daphne`` or ``uvicorn`` serving the gateway, or the ``ceiling`` fan-out server."""
+    """The server under test: ``daphne`` or ``uvicorn`` serving the gateway, the ``ceiling`` fan-out server, or
+    ``direct``: no server, the clients connect to the upstream itself (the baseline for added latency)."""
 
     def __init__(self, kind: str, environment: Environment, upstream: Upstream, source: Path | None = None,
                  extra_env: dict[str, str] | None = None, label: str | None = None) -> None:
@@ -174,6 +175,13 @@ class Server:
             raise ValueError(kind)
         self.kind = kind
         self.label = label or kind
+        self.upstream = upstream
+        if kind == "direct":
+            self.port = upstream.port
+            self.process = upstream.process
+            self.log_path = None
+            self.ps = psutil.Process(upstream.process.pid)
+            return
         self.port = free_port()
         source = source or PROJECT_DIR
         env = environment.django_env(
@@ -200,6 +208,8 @@ class Server:
         self.ps = psutil.Process(self.process.pid)
 
     def url(self) -> str:
+        if self.kind == "direct":
+            return self.upstream.url
         return f"ws://127.0.0.1:{self.port}/v1/ws/options/"
 
     def cpu_seconds(self) -> float:
@@ -210,7 +220,8 @@ class Server:
         return self.ps.memory_info().rss
 
     def log_tail(self, size: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-size:]
+        return self.log_path.read_text(errors="replace")[-size:] if self.log_path else ""
 
     def stop(self) -> None:
-        stop_process(self.process)
+        if self.kind != "direct":  # the upstream is stopped by its owner
+            stop_process(self.process)

@@ -44,7 +44,9 @@ TICK_SECONDS = 0.01  # as the simulator: at most 100 frames per second
 POOL_BATCHES = 100  # one second of feed, replayed
 POOL_EVENTS = 400_000
 MAX_DEBT_BATCHES = 20
-MAX_CACHED_FRAME_LISTS = 20_000
+MAX_CACHED_FRAME_LISTS = 250_000
+"""Frames per (pool batch, subscription): enough for 1,000 clients of distinct subscriptions connected directly (the
+selective scenario's baseline) over the pool's 100 batches, so that the replay costs one lookup per client and tick."""
 STATS_INTERVAL_SECONDS = 0.25
 
 
