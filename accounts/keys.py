@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 
 from channels.db import database_sync_to_async
 from django.core.cache import cache
-from django.db.models import OuterRef, Subquery, Value
+from django.db.models import Case, F, FilteredRelation, Q, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from accounts.models import ApiKey, Plan, Product, ProductTier
+from accounts.models import ApiKey, Plan, Product
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -126,26 +126,24 @@ def forget(prefixes: list[str]) -> None:
 
 
 def _load_record(prefix: str) -> dict | None:
-    """One indexed query: the key, its user's state and the plan of the key's product (Free when no tier)."""
-    tier = ProductTier.objects.filter(user=OuterRef("user"), product=OuterRef("product"))
+    """One indexed query: the key, its user's state and the plan of the key's product, i.e. of the user's tier for
+    that product (joined), or Free when there is no tier. A tier's plan counts as it is, unlimited
+    ``max_subscriptions`` (NULL) included."""
     free = Plan.objects.filter(slug=Plan.FREE)
 
     def plan_field(field: str, default):
-        return Coalesce(
-            Subquery(tier.values(f"plan__{field}")[:1]),
-            Subquery(free.values(field)[:1]),
-            Value(default),
+        return Case(
+            When(tier__id__isnull=False, then=F(f"tier__plan__{field}")),
+            default=Coalesce(Subquery(free.values(field)[:1]), Value(default)),
         )
 
     row = (
         ApiKey.objects.filter(prefix=prefix)
+        .annotate(tier=FilteredRelation("user__tiers", condition=Q(user__tiers__product=F("product"))))
         .annotate(
             plan_slug=plan_field("slug", Plan.FREE),
             plan_websocket_access=plan_field("websocket_access", False),
-            plan_max_subscriptions=Coalesce(
-                Subquery(tier.values("plan__max_subscriptions")[:1]),
-                Subquery(free.values("max_subscriptions")[:1]),
-            ),
+            plan_max_subscriptions=plan_field("max_subscriptions", None),
         )
         .values(
             "id",

@@ -7,7 +7,8 @@ A worker runs one of three jobs:
   latency of each frame (receive time minus the send time embedded by ``bench.upstream`` in its first event; every
   event of the frame is counted with that latency, which is exact for a frame built from one upstream frame and an
   upper bound when several were merged). A ``slow`` connection stops reading after its acks, like a stuck bot.
-- ``admit``: connect with each key, wait for ``auth_success``, close; time to ``auth_success`` per connection.
+- ``admit``: connect with each key and wait for ``auth_success`` (time to it per connection), keep every connection
+  open until the harness has counted the Redis commands of admission, then close them all (the harness counts again).
 - ``idle``: hold subscribed connections that never receive data, growing to the count the harness asks for.
 
 Counting is done on bytes (``bytes.count``), never by parsing JSON, so a client costs as little as ``websockets``
@@ -155,19 +156,24 @@ async def run_stream(job: StreamJob, pipe) -> None:
     }))
 
 
-async def admit_one(url: str, key: str) -> tuple[float, str]:
+async def admit_one(url: str, key: str) -> tuple[float, str, ClientConnection | None]:
+    """(seconds to auth_success or to the failure, "ok" or what went wrong, the open connection if admitted)."""
     started = time.perf_counter()
     try:
-        async with connect(url, additional_headers=headers(key), compression=None, open_timeout=30,
-                           ping_interval=None, close_timeout=5) as websocket:
-            while True:
-                frame = await websocket.recv(decode=False)
-                if AUTH_SUCCESS in frame:
-                    return time.perf_counter() - started, "ok"
-                if b'"connected"' not in frame:
-                    return time.perf_counter() - started, frame.decode()[:120]
+        websocket = await connect(url, additional_headers=headers(key), compression=None, open_timeout=30,
+                                  ping_interval=None, close_timeout=5)
+    except (OSError, TimeoutError) as error:
+        return time.perf_counter() - started, type(error).__name__, None
+    try:
+        while True:
+            frame = await websocket.recv(decode=False)
+            if AUTH_SUCCESS in frame:
+                return time.perf_counter() - started, "ok", websocket
+            if b'"connected"' not in frame:
+                await websocket.close()
+                return time.perf_counter() - started, frame.decode()[:120], None
     except (ConnectionClosed, OSError, TimeoutError) as error:
-        return time.perf_counter() - started, type(error).__name__
+        return time.perf_counter() - started, type(error).__name__, None
 
 
 async def run_admit(job: AdmitJob, pipe) -> None:
@@ -178,14 +184,19 @@ async def run_admit(job: AdmitJob, pipe) -> None:
     results = await bounded([admit_one(job.url, key) for key in job.keys], job.concurrency)
     finished = time.time()
     failures: dict[str, int] = {}
-    for _, outcome in results:
+    for _, outcome, _ in results:
         if outcome != "ok":
             failures[outcome] = failures.get(outcome, 0) + 1
     pipe.send(("result", {
         "finished": finished,
-        "times": np.asarray([seconds for seconds, outcome in results if outcome == "ok"], dtype=np.float64),
+        "times": np.asarray([seconds for seconds, outcome, _ in results if outcome == "ok"], dtype=np.float64),
         "failures": failures,
     }))
+    command = await loop.run_in_executor(None, pipe.recv)
+    assert command == ("close",)
+    await asyncio.gather(*(websocket.close() for _, _, websocket in results if websocket is not None),
+                         return_exceptions=True)
+    pipe.send(("closed", None))
 
 
 async def run_idle(job: IdleJob, pipe) -> None:

@@ -264,9 +264,15 @@ def redis_commandstats(env: Environment) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
 
 
+WARMUP_ADMISSIONS = 200
+"""Admissions of other keys before the measured ones: a process that has served nobody yet opens its Redis pools, its
+database connections and its worker threads on its first admissions, which a running gateway has long done."""
+
+
 def admission(env: Environment, targets: list[Target], *, admissions: int, concurrency: int, runs: int,
               processes: int, log) -> dict:
     keys = env.keys[:admissions]
+    warmup_keys = env.keys[admissions:admissions + WARMUP_ADMISSIONS]
     trials = []
     for run, target in interleaved(targets, runs):
         env.reset_redis()
@@ -274,12 +280,13 @@ def admission(env: Environment, targets: list[Target], *, admissions: int, concu
         server = Server(target.kind, env, upstream, target.source, label=target.label)
         try:
             time.sleep(SERVER_SETTLE_SECONDS)
-            for phase in ("cold", "warm"):
+            for phase in ("warmup", "cold", "warm"):
                 if phase == "warm":
                     time.sleep(1.0)  # the cold pass's locks are released after its closes
+                phase_keys = warmup_keys if phase == "warmup" else keys
                 before = redis_commandstats(env)
                 workers = Workers([AdmitJob(server.url(), part, max(1, concurrency // processes))
-                                   for part in split(keys, processes)])
+                                   for part in split(phase_keys, processes)])
                 try:
                     workers.replies("ready")
                     start = time.time() + 0.3
@@ -287,9 +294,13 @@ def admission(env: Environment, targets: list[Target], *, admissions: int, concu
                     cpu_before = server.cpu_seconds()
                     results = workers.replies("result")
                     cpu_after = server.cpu_seconds()
+                    admitted = redis_commandstats(env)  # every connection admitted and still open
+                    workers.ask(("close",), "closed")
                 finally:
                     workers.close()
                 time.sleep(1.0)  # let the closes' cleanup finish before counting Redis commands
+                if phase == "warmup":
+                    continue
                 after = redis_commandstats(env)
                 times = np.concatenate([result["times"] for result in results])
                 failures: dict[str, int] = {}
@@ -300,6 +311,9 @@ def admission(env: Environment, targets: list[Target], *, admissions: int, concu
                 commands = {name: (after.get(name, 0) - before.get(name, 0)) / admissions
                             for name in after if after.get(name, 0) - before.get(name, 0) > 0}
                 commands.pop("info", None)
+                to_auth_success = {name: (admitted.get(name, 0) - before.get(name, 0)) / admissions
+                                   for name in admitted if admitted.get(name, 0) - before.get(name, 0) > 0}
+                to_auth_success.pop("info", None)
                 trial = {
                     "run": run, "target": target.label, "phase": phase, "admissions": admissions,
                     "concurrency": concurrency, "succeeded": int(times.size), "failures": failures,
@@ -313,13 +327,16 @@ def admission(env: Environment, targets: list[Target], *, admissions: int, concu
                     },
                     "redis_commands_per_admission": commands,
                     "redis_commands_per_admission_total": sum(commands.values()),
+                    "redis_commands_to_auth_success": to_auth_success,
+                    "redis_commands_to_auth_success_total": sum(to_auth_success.values()),
                 }
                 trials.append(trial)
                 log(f"  admission run {run} {target.label} {phase}: {trial['admissions_per_s']:,.0f}/s, "
                     f"server CPU {trial['server_cpu_ms_per_admission']:.2f} ms/admission, "
                     f"p50 {trial['time_to_auth_success_ms']['p50']:.1f} ms p99 "
-                    f"{trial['time_to_auth_success_ms']['p99']:.1f} ms, failures {failures}, redis/admission "
-                    f"{trial['redis_commands_per_admission_total']:.2f} {commands}")
+                    f"{trial['time_to_auth_success_ms']['p99']:.1f} ms, failures {failures}, redis to auth_success "
+                    f"{trial['redis_commands_to_auth_success_total']:.2f} {to_auth_success}, whole connection "
+                    f"{trial['redis_commands_per_admission_total']:.2f}")
         finally:
             server.stop()
             upstream.stop()
@@ -329,8 +346,10 @@ def admission(env: Environment, targets: list[Target], *, admissions: int, concu
             own = [t for t in trials if t["target"] == target.label and t["phase"] == phase]
             summary[f"{target.label}/{phase}"] = summarise(
                 own, ["admissions_per_s", "time_to_auth_success_ms", "redis_commands_per_admission_total",
-                      "server_cpu_ms_per_admission"])
+                      "redis_commands_to_auth_success_total", "server_cpu_ms_per_admission"])
             summary[f"{target.label}/{phase}"]["redis_commands_per_admission"] = own[-1]["redis_commands_per_admission"]
+            summary[f"{target.label}/{phase}"]["redis_commands_to_auth_success"] = (
+                own[-1]["redis_commands_to_auth_success"])
     return {"admissions": admissions, "concurrency": concurrency, "db_queries_in_process": env.db_queries,
             "trials": trials, "summary": summary}
 

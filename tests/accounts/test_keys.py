@@ -225,3 +225,14 @@ class TestCacheInvalidation:
         Plan.objects.filter(slug="free").update(websocket_access=True)  # bypasses signals...
         Plan.objects.get(slug="free").save()  # ...so save once, as the admin does
         assert resolve_key(raw).websocket_access
+
+
+def test_an_unlimited_tier_is_not_capped_by_the_free_plan():
+    Plan.objects.filter(slug=Plan.FREE).update(max_subscriptions=5)
+    unlimited = make_user("unlimited", plans={"options": "expert"})
+    assert Plan.objects.get(slug="expert").max_subscriptions is None
+    entitlement = resolve_key(make_key(unlimited)[1])
+    assert entitlement.plan == "expert" and entitlement.max_subscriptions is None
+    tierless = make_user("tierless")
+    entitlement = resolve_key(make_key(tierless)[1])
+    assert entitlement.plan == Plan.FREE and entitlement.max_subscriptions == 5
