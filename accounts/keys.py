@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import hashlib
 import hmac
 import logging
@@ -27,15 +28,16 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from channels.db import database_sync_to_async
-from django.core.cache import cache
-from django.db.models import Case, F, FilteredRelation, Q, Subquery, Value, When
-from django.db.models.functions import Coalesce
+from django.core.cache import DEFAULT_CACHE_ALIAS, cache, caches
+from django.db.models import F, FilteredRelation, Q
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from accounts.models import ApiKey, Plan, Product
 
 if TYPE_CHECKING:
     import redis.asyncio
+    from django_redis.client import DefaultClient
 
 logger = logging.getLogger(__name__)
 
@@ -125,40 +127,39 @@ def forget(prefixes: list[str]) -> None:
         cache.delete_many([cache_key(prefix) for prefix in prefixes])
 
 
+PLAN_FIELDS = ("slug", "websocket_access", "max_subscriptions")
+
+
 def _load_record(prefix: str) -> dict | None:
     """One indexed query: the key, its user's state and the plan of the key's product, i.e. of the user's tier for
     that product (joined), or Free when there is no tier. A tier's plan counts as it is, unlimited
-    ``max_subscriptions`` (NULL) included."""
-    free = Plan.objects.filter(slug=Plan.FREE)
+    ``max_subscriptions`` (NULL) included.
 
-    def plan_field(field: str, default):
-        return Case(
-            When(tier__id__isnull=False, then=F(f"tier__plan__{field}")),
-            default=Coalesce(Subquery(free.values(field)[:1]), Value(default)),
-        )
-
+    The Free plan's fields come as raw scalar subqueries: the ORM's own expressions for them (Case, Coalesce,
+    Subquery) cost more to build and compile than the query costs to run, on every cold admission.
+    """
+    plans = Plan._meta.db_table
+    free = {
+        f"free_{field}": RawSQL(f"SELECT {field} FROM {plans} WHERE slug = %s", (Plan.FREE,)) for field in PLAN_FIELDS
+    }
     row = (
         ApiKey.objects.filter(prefix=prefix)
-        .annotate(tier=FilteredRelation("user__tiers", condition=Q(user__tiers__product=F("product"))))
-        .annotate(
-            plan_slug=plan_field("slug", Plan.FREE),
-            plan_websocket_access=plan_field("websocket_access", False),
-            plan_max_subscriptions=plan_field("max_subscriptions", None),
-        )
+        .annotate(tier=FilteredRelation("user__tiers", condition=Q(user__tiers__product=F("product"))), **free)
         .values(
-            "id",
-            "user_id",
-            "product",
-            "secret_hash",
-            "expires_at",
-            "revoked_at",
-            "user__is_active",
-            "plan_slug",
-            "plan_websocket_access",
-            "plan_max_subscriptions",
+            "id", "user_id", "product", "secret_hash", "expires_at", "revoked_at", "user__is_active", "tier__id",
+            *(f"tier__plan__{field}" for field in PLAN_FIELDS), *free,
         )
         .first()
     )
+    if row is None:
+        return None
+    has_tier = row.pop("tier__id") is not None
+    tier_plan = {field: row.pop(f"tier__plan__{field}") for field in PLAN_FIELDS}
+    free_plan = {field: row.pop(f"free_{field}") for field in PLAN_FIELDS}
+    plan = tier_plan if has_tier else free_plan
+    row["plan_slug"] = plan["slug"] or Plan.FREE  # no Free plan row at all: Free's defaults
+    row["plan_websocket_access"] = bool(plan["websocket_access"])
+    row["plan_max_subscriptions"] = plan["max_subscriptions"]
     return row
 
 
@@ -209,10 +210,11 @@ async def resolve_key_async(raw: str, redis: redis.asyncio.Redis) -> Entitlement
     if parsed is None:
         return Denial(DenialReason.MALFORMED)
     prefix, secret = parsed
-    key = cache.client.make_key(cache_key(prefix))
+    codec = _cache_codec()
+    key = codec.make_key(cache_key(prefix))
     stored = await redis.get(key)
     if stored is not None:
-        record = cache.client.decode(stored)
+        record = codec.decode(stored)
     else:
         record = await database_sync_to_async(_load_record, thread_sensitive=False)(prefix) or MISSING
         _write_behind(redis, key, record)
@@ -222,8 +224,18 @@ async def resolve_key_async(raw: str, redis: redis.asyncio.Redis) -> Entitlement
 _cache_writes: set[asyncio.Task] = set()
 
 
+@functools.cache
+def _cache_codec() -> DefaultClient:
+    """django-redis's client of the default cache, used only for its key names and value encoding.
+
+    Made once: ``django.core.cache.cache`` is a proxy to a cache object per thread and per asyncio task, and each
+    such object builds its own client (serializer, compressor) on first use, i.e. once per admission here.
+    """
+    return caches.create_connection(DEFAULT_CACHE_ALIAS).client
+
+
 def _write_behind(redis: redis.asyncio.Redis, key: str, record: dict) -> None:
-    task = asyncio.ensure_future(redis.set(key, cache.client.encode(record), ex=_cache_timeout(record)))
+    task = asyncio.ensure_future(redis.set(key, _cache_codec().encode(record), ex=_cache_timeout(record)))
     _cache_writes.add(task)
     task.add_done_callback(_cache_written)
 

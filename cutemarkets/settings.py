@@ -113,7 +113,10 @@ LOCAL_DATA_DIR = BASE_DIR / "var"  # SQLite files and collected static files of 
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL") or f"sqlite:///{LOCAL_DATA_DIR / 'db.sqlite3'}",
-        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "0")),
+        # Persistent: the gateway reads the database from a few worker threads, and a new connection per cold key
+        # cost more than the query (PostgreSQL: a TCP and auth handshake). Checked before reuse.
+        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "600")),
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

@@ -15,6 +15,7 @@ import time
 
 import redis.exceptions
 from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from accounts.keys import Entitlement
@@ -97,6 +98,12 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
+
+    async def websocket_disconnect(self, message: dict) -> None:
+        """Channels' version also ends with ``aclose_old_connections()`` (see ``dispatch``); this consumer joins no
+        ``groups`` of Channels' own (its control group is left in ``_cleanup``)."""
+        await self.disconnect(message["code"])
+        raise StopConsumer()
 
     # --- lifecycle ------------------------------------------------------------------------------------------------
 

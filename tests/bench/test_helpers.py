@@ -58,3 +58,13 @@ def test_compare_reports_latency_added_to_direct_clients_per_run():
     assert result["gateway"]["added_latency_ms_vs_direct"]["p50"] == 2.0
     assert result["gateway"]["added_latency_ms_vs_direct"]["p99"] == 7.5
     assert "added_latency_ms_vs_direct" not in result["direct"]
+
+
+def test_flat_profile_counts_each_function_once_per_stack():
+    from bench.flat_profile import shares
+
+    lines = ["main (a/app.py:1);send (b/net.py:9);send (b/net.py:12) 3\n", "main (a/app.py:1) 1\n"]
+    total, inclusive, own = shares(lines)
+    assert total == 4
+    assert inclusive == {"main (app.py)": 4, "send (net.py)": 3}  # recursion counted once
+    assert own == {"send (net.py)": 3, "main (app.py)": 1}
