@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from channels.db import database_sync_to_async
 from django.core.cache import DEFAULT_CACHE_ALIAS, cache, caches
+from django.db import transaction
 from django.db.models import F, FilteredRelation, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
@@ -54,6 +55,8 @@ KEY_PATTERN = re.compile(
 CACHE_TIMEOUT_SECONDS = 300
 MISSING_CACHE_TIMEOUT_SECONDS = 60
 MISSING = {"missing": True}
+EVICTED = {"evicted": True}
+EVICTION_SECONDS = 10
 
 
 class DenialReason(enum.StrEnum):
@@ -122,9 +125,16 @@ def cache_key(prefix: str) -> str:
 
 
 def forget(prefixes: list[str]) -> None:
-    """Drop cached resolutions so the next handshake reads the database."""
+    """Replace cached resolutions with a short-lived tombstone, now and again once the transaction commits.
+
+    The next handshake then reads the database. A resolution that read the database before the change (or before
+    its commit) cannot put its stale record back: the cache is only ever filled where nothing is cached (``add``,
+    ``SET NX``), and the tombstone holds the place until well after the commit.
+    """
     if prefixes:
-        cache.delete_many([cache_key(prefix) for prefix in prefixes])
+        tombstones = dict.fromkeys([cache_key(prefix) for prefix in prefixes], EVICTED)
+        cache.set_many(tombstones, timeout=EVICTION_SECONDS)
+        transaction.on_commit(lambda: cache.set_many(tombstones, timeout=EVICTION_SECONDS))
 
 
 PLAN_FIELDS = ("slug", "websocket_access", "max_subscriptions")
@@ -169,9 +179,9 @@ def _cache_timeout(record: dict) -> int:
 
 def _record(prefix: str) -> dict:
     record = cache.get(cache_key(prefix))
-    if record is None:
+    if record is None or "evicted" in record:
         record = _load_record(prefix) or MISSING
-        cache.set(cache_key(prefix), record, _cache_timeout(record))
+        cache.add(cache_key(prefix), record, _cache_timeout(record))  # never over a tombstone
     return record
 
 
@@ -213,9 +223,8 @@ async def resolve_key_async(raw: str, redis: redis.asyncio.Redis) -> Entitlement
     codec = _cache_codec()
     key = codec.make_key(cache_key(prefix))
     stored = await redis.get(key)
-    if stored is not None:
-        record = codec.decode(stored)
-    else:
+    record = codec.decode(stored) if stored is not None else EVICTED
+    if "evicted" in record:  # not cached, or a tombstone
         record = await database_sync_to_async(_load_record, thread_sensitive=False)(prefix) or MISSING
         _write_behind(redis, key, record)
     return _decide(prefix, secret, record, None)
@@ -235,7 +244,9 @@ def _cache_codec() -> DefaultClient:
 
 
 def _write_behind(redis: redis.asyncio.Redis, key: str, record: dict) -> None:
-    task = asyncio.ensure_future(redis.set(key, _cache_codec().encode(record), ex=_cache_timeout(record)))
+    task = asyncio.ensure_future(
+        redis.set(key, _cache_codec().encode(record), ex=_cache_timeout(record), nx=True)  # never over a tombstone
+    )
     _cache_writes.add(task)
     task.add_done_callback(_cache_written)
 

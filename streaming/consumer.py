@@ -22,11 +22,12 @@ from accounts.keys import Entitlement
 from streaming import codes, metrics, protocol
 from streaming.admission import Rejection, Rule, decide, reject
 from streaming.conf import FAILURE_MODE_OPEN, stream_settings
-from streaming.control import join_user_group
+from streaming.control import ControlListener
 from streaming.credentials import (
     SOURCE_MESSAGE,
     Credential,
     MalformedCredential,
+    ResolutionFailed,
     StreamAuth,
     resolve_credential,
 )
@@ -41,6 +42,7 @@ from streaming.upstream import UpstreamError
 
 logger = logging.getLogger("cutemarkets.stream")
 
+RECHECK_RETRY_SECONDS = 2.0
 LOCK_RETRY_FIRST_DELAY = 0.05
 LOCK_RETRY_MAX_DELAY = 0.25
 
@@ -63,7 +65,8 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
     closed_with: int | None = None
     hub: UpstreamHub | None = None
     outbox: Outbox | None = None
-    control_group: str | None = None
+    control: ControlListener | None = None
+    channel_layer_alias = None  # live re-checks come through the process's ControlListener, not a channel each
 
     async def __call__(self, scope, receive, send):
         self._tasks: set[asyncio.Task] = set()
@@ -75,9 +78,9 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         self._message_bucket = TokenBucket(settings.client_message_rate, settings.client_message_burst)
         self._refusals = 0
         try:
-            await super().__call__(scope, receive, send)
+            await self._serve(scope, receive, send)
         except redis.exceptions.RedisError as error:
-            # The channel layer lost Redis: an operational fault, not a bug; the contract says 1011.
+            # Redis failed under a step that does not handle it: an operational fault; the contract says 1011.
             logger.error("stream gateway error market=%s: Redis unreachable (%s)", self.market, error)
             await self._close_quietly(codes.CLOSE_INTERNAL_ERROR, "stream gateway error: Redis unreachable")
         except Exception:
@@ -85,6 +88,22 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
             await self._close_quietly(codes.CLOSE_INTERNAL_ERROR, "stream gateway error")
         finally:
             await asyncio.shield(self._cleanup())
+
+    async def _serve(self, scope, receive, send) -> None:
+        """Channels' ``AsyncConsumer.__call__`` without a channel layer: one source of messages (the socket), read in
+        this task, where Channels' ``await_many_dispatch`` would add a task and an ``asyncio.wait`` per message.
+
+        The loop yields after each message: messages a client already sent are read without suspending, and a
+        flooding client must neither hold up others nor keep its own outbox from writing the answers."""
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        try:
+            while True:
+                await self.dispatch(await receive())
+                await asyncio.sleep(0)
+        except StopConsumer:
+            pass
 
     async def dispatch(self, message: dict) -> None:
         """Run the message's handler, without Channels' ``aclose_old_connections()`` before it.
@@ -154,12 +173,9 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         if self.local_lock is not None:
             local_locks.release(*self.local_lock)
             self.local_lock = None
-        if self.control_group is not None:
-            group, self.control_group = self.control_group, None
-            try:
-                await self.channel_layer.group_discard(group, self.channel_name)
-            except Exception:
-                logger.warning("could not leave control group %s", group)
+        if self.control is not None:
+            self.control.unregister(self.entitlement.user_id, self)
+            self.control = None
 
     # --- admission ------------------------------------------------------------------------------------------------
 
@@ -179,8 +195,6 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         self.entitlement = decision
         self.credential = credential
         metrics.admitted(self.market)
-        if self.channel_layer is not None:
-            self.control_group = await join_user_group(self.channel_layer, decision.user_id, self.channel_name)
         await self.send(codes.AUTH_SUCCESS_FRAME)
         self.hub = UpstreamHub.for_market(self.market)
         self._forwarded = metrics.ForwardedCounter(self.market)
@@ -189,6 +203,9 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         )
         self.outbox.start()
         self.phase = Phase.ADMITTED
+        self.control = ControlListener.for_loop()
+        if self.control is not None:
+            self.control.register(decision.user_id, self)
         logger.info(
             "stream accepted user=%s key=%s market=%s plan=%s via=%s",
             decision.user_id, decision.key_prefix, self.market, decision.plan, credential.source,
@@ -260,11 +277,22 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         if self.phase is Phase.REJECTING and self._pending_rejection is not None:
             await self._close_with(self._pending_rejection)
 
-    async def stream_recheck(self, event: dict) -> None:
-        """A key, account or plan of this user changed: run the 4401 rules again with fresh data."""
-        if self.phase is not Phase.ADMITTED or self.credential is None:
+    def recheck(self) -> None:
+        """A key, account or plan of this user changed (``ControlListener``): run the 4401 rules again."""
+        self._spawn(self._recheck())
+
+    async def _recheck(self) -> None:
+        """The admission rules again, with fresh data; while the data cannot be read (Redis or the database
+        unreachable), try again every ``RECHECK_RETRY_SECONDS`` rather than cut a stream that may be entitled."""
+        while self.phase is Phase.ADMITTED and self.credential is not None:
+            outcome = await resolve_credential(self.credential)
+            if not isinstance(outcome, ResolutionFailed):
+                break
+            logger.warning("re-check of user %s postponed: the key could not be resolved", self.entitlement.user_id)
+            await asyncio.sleep(RECHECK_RETRY_SECONDS)
+        else:
             return
-        decision = decide(self.market, await resolve_credential(self.credential), True)
+        decision = decide(self.market, outcome, True)
         if isinstance(decision, Rejection):
             logger.info("stream revoked user=%s rule=%s", self.entitlement.user_id, decision.rule)
             await self._close_with(decision)

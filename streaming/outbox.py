@@ -38,7 +38,7 @@ class Outbox:
         self._on_sent = on_sent
         self._frames: deque[bytes] = deque()
         self._queued_bytes = 0
-        self._ready = asyncio.Event()
+        self._ready = asyncio.Event() if flow_control is None else None  # the ASGI writer task's wake-up
         self._writer: asyncio.Task | None = None
         self._flush_scheduled = False
         self._stopped = False

@@ -30,3 +30,18 @@ def no_key_in_logs(caplog):
         record.getMessage() for record in caplog.records if any(key in record.getMessage() for key in ISSUED_KEYS)
     ]
     assert not leaked, f"API key in log lines: {leaked}"
+
+
+@pytest.fixture(autouse=True)
+async def stop_control_listener():
+    """The process-wide ControlListener lives as long as its event loop, and channels-redis allows one receiving
+    loop per layer object; each test has a loop of its own, so each gets a fresh listener and layer."""
+    yield
+    from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
+
+    from streaming.control import ControlListener
+
+    await ControlListener.stop_for_loop()
+    layer = channel_layers.backends.pop(DEFAULT_CHANNEL_LAYER, None)
+    if layer is not None and hasattr(layer, "close_pools"):
+        await layer.close_pools()

@@ -10,7 +10,7 @@ from django.utils import timezone
 from accounts import keys
 from accounts.keys import Denial, DenialReason, Entitlement, resolve_key
 from accounts.models import ApiKey, Plan, ProductTier
-from tests.accounts.factories import make_key, make_user
+from tests.accounts.factories import let_tombstone_expire, make_key, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -130,10 +130,19 @@ def test_inactive_user():
 def test_cold_resolution_is_one_query_and_warm_is_none(django_assert_num_queries):
     user = make_user(plans={"options": "expert"})
     _, raw = make_key(user)
+    let_tombstone_expire(raw)
     with django_assert_num_queries(1):
         assert isinstance(resolve_key(raw), Entitlement)
     with django_assert_num_queries(0):
         assert isinstance(resolve_key(raw), Entitlement)
+
+
+def test_while_a_change_is_recent_the_database_answers(django_assert_num_queries):
+    user = make_user(plans={"options": "expert"})
+    _, raw = make_key(user)  # creating the key leaves a tombstone: no cached "unknown" may outlive it
+    for _ in range(2):
+        with django_assert_num_queries(1):
+            assert isinstance(resolve_key(raw), Entitlement)
 
 
 def test_unknown_prefixes_are_cached_too(django_assert_num_queries):

@@ -11,7 +11,7 @@ from django.conf import settings
 
 from accounts import keys
 from accounts.keys import Denial, DenialReason, Entitlement, resolve_key, resolve_key_async
-from tests.accounts.factories import make_key, make_user
+from tests.accounts.factories import let_tombstone_expire, make_key, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the cold path reads the database from a worker thread
 
@@ -39,6 +39,7 @@ async def settle_cache_writes() -> None:
 async def test_cold_then_warm_resolution_and_the_shared_cache(client, monkeypatch):
     user = await sync_to_async(make_user)(plans={"options": "expert"})
     _, raw = await sync_to_async(make_key)(user)
+    await sync_to_async(let_tombstone_expire)(raw)
     cold = await resolve_key_async(raw, client)
     assert isinstance(cold, Entitlement) and cold.user_id == user.pk and cold.plan == "expert"
     await settle_cache_writes()
@@ -50,6 +51,7 @@ async def test_cold_then_warm_resolution_and_the_shared_cache(client, monkeypatc
 async def test_a_record_cached_by_the_sync_path_serves_the_async_one(client, monkeypatch):
     user = await sync_to_async(make_user)(plans={"options": "developer"})
     _, raw = await sync_to_async(make_key)(user)
+    await sync_to_async(let_tombstone_expire)(raw)
     synced = await sync_to_async(resolve_key)(raw)  # django-redis writes the entry
     refuse_database(monkeypatch)
     assert await resolve_key_async(raw, client) == synced
@@ -81,3 +83,18 @@ async def test_revocation_evicts_what_the_async_path_cached(client):
     await settle_cache_writes()
     await sync_to_async(api_key.revoke)()
     assert await resolve_key_async(raw, client) == Denial(DenialReason.REVOKED)
+
+
+async def test_a_record_read_before_a_revocation_is_not_cached_after_it(client):
+    """The race the tombstone closes: load (valid), revoke (evicts), then the load's cache write lands."""
+    user = await sync_to_async(make_user)(plans={"options": "expert"})
+    api_key, raw = await sync_to_async(make_key)(user)
+    prefix = keys.parse_key(raw)[0]
+    stale = await sync_to_async(keys._load_record)(prefix)
+    await sync_to_async(api_key.revoke)()
+    keys._write_behind(client, await sync_to_async(_full_key)(raw), stale)
+    await settle_cache_writes()
+    assert await resolve_key_async(raw, client) == Denial(DenialReason.REVOKED)
+    await sync_to_async(let_tombstone_expire)(raw)
+    stale_sync = await sync_to_async(keys._record)(prefix)  # the sync path after the tombstone: fills the cache
+    assert stale_sync["revoked_at"] is not None

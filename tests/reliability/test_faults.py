@@ -171,8 +171,7 @@ async def main():
     ws = await connect(sys.argv[1], additional_headers={"Authorization": "Bearer " + sys.argv[2]})
     await ws.recv(); await ws.recv()
     await ws.send('{"action":"subscribe","params":"T.*"}')
-    await ws.recv()
-    print("subscribed", flush=True)
+    print("subscribed" if "subscribed to: T.*" in await ws.recv() else "not subscribed", flush=True)
     await asyncio.sleep(3600)
 asyncio.run(main())
 """
@@ -183,7 +182,8 @@ async def test_client_process_killed_releases_the_lock(gateway_factory, simulato
     client = subprocess.Popen([sys.executable, "-c", CLIENT_SCRIPT, gateway.url("/v1/ws/stocks/"), users[0]],
                               stdout=subprocess.PIPE, text=True)
     try:
-        assert client.stdout.readline().strip() == "subscribed"
+        # Read in a thread: the simulator runs on this event loop and must answer the gateway meanwhile.
+        assert (await asyncio.to_thread(client.stdout.readline)).strip() == "subscribed"
         assert lock_held(clean_redis)
         client.kill()
         released_after = await wait_until(lambda: not lock_held(clean_redis), 10)

@@ -22,3 +22,4 @@ def application(stream_config):
     from cutemarkets.asgi import application
 
     return application
+

@@ -331,3 +331,28 @@ async def test_trailing_slash_is_optional(application, customer, path):
     await communicator.connect(TIMEOUT)
     await expect(communicator, "connected", "auth_success")
     await communicator.disconnect()
+
+
+async def test_a_recheck_that_cannot_read_the_key_waits_and_tries_again(application, customer, monkeypatch):
+    """A re-check meeting a database or Redis failure neither cuts the stream (it may be entitled) nor gives up."""
+    from accounts import keys
+    from streaming import consumer
+
+    monkeypatch.setattr(consumer, "RECHECK_RETRY_SECONDS", 0.05)
+    user, options_key, _ = customer
+    communicator = await admitted(application, options_key)
+    real_load = keys._load_record
+    attempts = asyncio.Queue()
+
+    def failing_load(prefix):
+        attempts.put_nowait(prefix)
+        raise RuntimeError("database unreachable")
+
+    monkeypatch.setattr(keys, "_load_record", failing_load)
+    await database_sync_to_async(_revoke)(user)  # evicts the cached record and announces the change
+    for _ in range(3):  # the re-check keeps trying; the stream stays open meanwhile
+        await asyncio.wait_for(attempts.get(), TIMEOUT)
+    assert await communicator.receive_nothing(0.05)
+    monkeypatch.setattr(keys, "_load_record", real_load)
+    events, code = await frames_until_close(communicator)
+    assert code == codes.CLOSE_UNAUTHORIZED and "revoked" in events[-1]["message"]
