@@ -152,15 +152,16 @@ def _load_record(prefix: str) -> dict | None:
     free = {
         f"free_{field}": RawSQL(f"SELECT {field} FROM {plans} WHERE slug = %s", (Plan.FREE,)) for field in PLAN_FIELDS
     }
-    row = (
-        ApiKey.objects.filter(prefix=prefix)
+    rows = (
+        ApiKey.objects.filter(prefix=prefix)  # unique
         .annotate(tier=FilteredRelation("user__tiers", condition=Q(user__tiers__product=F("product"))), **free)
         .values(
             "id", "user_id", "product", "secret_hash", "expires_at", "revoked_at", "user__is_active", "tier__id",
             *(f"tier__plan__{field}" for field in PLAN_FIELDS), *free,
         )
-        .first()
+        .order_by()  # not first(): ordering by the model's Meta.ordering costs more to compile than to run
     )
+    row = next(iter(rows), None)
     if row is None:
         return None
     has_tier = row.pop("tier__id") is not None

@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         if "idle" in scenarios:
             log("4. idle connections")
             idle_config = dict(config["idle"])
-            results["scenarios"]["idle"] = idle(env, [gateway], processes=processes, log=log, **idle_config)
+            idle_targets = [t for t in targets if t.kind == "daphne"]
+            results["scenarios"]["idle"] = idle(env, idle_targets, processes=processes, log=log, **idle_config)
         if "slow" in scenarios:
             log("5. slow consumer")
             results["scenarios"]["slow"] = slow_consumer(env, gateway, runs=runs, processes=processes, log=log,

@@ -180,11 +180,13 @@ def summary_rows(results: dict) -> list[tuple[str, str, str, str]]:
                      f"{queries['resolve_warm']}", "<= 1 / 0",
                      "met" if queries["resolve_cold"] <= 1 and queries["resolve_warm"] == 0 else "NOT met"))
     if "idle" in scenarios:
-        for step, entry in next(iter(scenarios["idle"]["summary"].values())).items():
+        idle_summary = scenarios["idle"]["summary"].get(label) or next(iter(scenarios["idle"]["summary"].values()))
+        for step, entry in idle_summary.items():
             rows.append((f"4. idle: memory per subscribed connection at {int(entry['connections_held']):,}",
-                         f"{entry['kb_per_connection']:.1f} KB", "< 40 KB",
+                         f"{entry['kb_per_connection']:.1f} KB (server CPU while idle "
+                         f"{entry.get('idle_cpu_percent', float('nan')):.1f}%)", "< 40 KB",
                          "met" if entry["kb_per_connection"] < 40 else "NOT met"))
-        most = max(entry["connections_held"] for entry in next(iter(scenarios["idle"]["summary"].values())).values())
+        most = max(entry["connections_held"] for entry in idle_summary.values())
         rows.append(("   most concurrent connections held", f"{int(most):,}", ">= 10,000",
                      "met" if most >= 10000 else "not tested" if results["mode"] == "quick" else "NOT met"))
     if "slow" in scenarios:
@@ -260,12 +262,13 @@ def markdown(results: dict) -> str:
                          f"{entry['time_to_auth_success_ms']['p50']:.1f} | "
                          f"{entry['time_to_auth_success_ms']['p99']:.1f} | {commands} |")
     if "idle" in scenarios:
-        lines += ["", "| Idle connections held | RSS MB | KB per connection | seconds to connect the step |",
-                  "|---|---|---|---|"]
+        lines += ["", "| Server | Idle connections held | RSS MB | KB per connection | seconds to connect the step | "
+                  "server CPU % while idle |", "|---|---|---|---|---|---|"]
         for trial in scenarios["idle"]["trials"]:
             for point in trial["points"]:
-                lines.append(f"| {point['connections']:,} | {point['rss_mb']:.0f} | {point['kb_per_connection']:.1f}"
-                             f" | {point['connect_seconds']:.0f} |")
+                lines.append(f"| {trial['target']} | {point['connections']:,} | {point['rss_mb']:.0f} | "
+                             f"{point['kb_per_connection']:.1f} | {point['connect_seconds']:.0f} | "
+                             f"{point.get('idle_cpu_percent', float('nan')):.1f} |")
     if "slow" in scenarios:
         slow = scenarios["slow"]
         lines += ["", "| Slow consumer trial | fast clients' p50 / p99 ms | RSS growth MB | slow client cut after s |",

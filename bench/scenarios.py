@@ -356,6 +356,10 @@ def admission(env: Environment, targets: list[Target], *, admissions: int, concu
 
 # --- 4. idle connections -----------------------------------------------------------------------------------------
 
+IDLE_CPU_WINDOW_SECONDS = 5.0
+"""Server CPU is sampled this long at each step: idle connections still cost their lock refreshes."""
+
+
 def idle(env: Environment, targets: list[Target], *, steps: list[int], runs: int, processes: int, log) -> dict:
     from streaming.simulator.universe import OPTION_CONTRACTS
 
@@ -380,14 +384,17 @@ def idle(env: Environment, targets: list[Target], *, steps: list[int], runs: int
                 took = time.time() - started
                 time.sleep(1.0)
                 rss = server.rss_bytes()
+                cpu_before, cpu_started = server.cpu_seconds(), time.time()
+                time.sleep(IDLE_CPU_WINDOW_SECONDS)
+                idle_cpu = 100 * (server.cpu_seconds() - cpu_before) / (time.time() - cpu_started)
                 if baseline is None:
                     baseline = (held, rss)
                     continue
                 per_connection = (rss - baseline[1]) / (held - baseline[0])
                 points.append({"connections": held, "rss_mb": rss / 2**20, "kb_per_connection": per_connection / 1024,
-                               "connect_seconds": took})
+                               "connect_seconds": took, "idle_cpu_percent": idle_cpu})
                 log(f"  idle run {run} {target.label}: {held} connections, RSS {rss / 2**20:.0f} MB, "
-                    f"{per_connection / 1024:.1f} KB/connection")
+                    f"{per_connection / 1024:.1f} KB/connection, CPU while idle {idle_cpu:.1f}%")
             workers.ask(("close",), "result")
             trials.append({"run": run, "target": target.label, "baseline_rss_mb": baseline[1] / 2**20,
                            "points": points})
@@ -401,7 +408,8 @@ def idle(env: Environment, targets: list[Target], *, steps: list[int], runs: int
         own = [t for t in trials if t["target"] == target.label]
         summary[target.label] = {
             str(step): {"kb_per_connection": median([t["points"][i]["kb_per_connection"] for t in own]),
-                        "connections_held": median([t["points"][i]["connections"] for t in own])}
+                        "connections_held": median([t["points"][i]["connections"] for t in own]),
+                        "idle_cpu_percent": median([t["points"][i]["idle_cpu_percent"] for t in own])}
             for i, step in enumerate(steps)
         }
     return {"steps": steps, "trials": trials, "summary": summary}
