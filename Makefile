@@ -46,7 +46,7 @@ test-postgres: setup
 	$(BIN)/python -m devstack.postgres_server -- \
 		$(MAKE) --no-print-directory test PYTEST_ARGS="$(POSTGRES_TESTS) $(PYTEST_ARGS)"
 
-# Benchmarks (BENCHMARKS.md): the full run writes bench/results/ and the plot; the quick one takes about a minute.
+# Benchmarks (BENCHMARKS.md): the full run (~20 min) writes bench/results/ and the plot; the quick one takes ~90 s.
 bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)
 

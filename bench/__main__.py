@@ -39,7 +39,7 @@ QUICK = {
     "selective": {"clients": 200, "universe": 5000, "per_client": 10, "rate": 10_000, "warmup": 1.0,
                   "duration": 3.0},
     "admission": {"admissions": 300, "concurrency": 50},
-    "idle": {"steps": [1000], "runs": 1},
+    "idle": {"steps": [1000], "runs": 1, "cpu_window": 2.0},
     "slow": {"fast_clients": 5, "rate": 40_000, "warmup": 0.5, "duration": 5.0},
     "users": 1000,
 }
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                                                           **config["selective"])
         if "admission" in scenarios:
             log("3. admission storm")
-            admission_targets = [t for t in targets if t.is_gateway]
+            admission_targets = [t for t in targets if t.is_gateway and not (options.quick and t.kind == "uvicorn")]
             results["scenarios"]["admission"] = admission(env, admission_targets, runs=runs, processes=processes,
                                                           log=log, **config["admission"])
         if "idle" in scenarios:

@@ -67,6 +67,12 @@ def _plain(value):
     raise TypeError(type(value))
 
 
+def _firehose_labels(results: dict) -> list[str]:
+    """The targets of the firehose scenario, in the run's order (the direct baseline serves only the selective one)."""
+    summaries = [entry["summary"] for entry in results["scenarios"]["firehose"]["by_clients"].values()]
+    return [target["label"] for target in results["targets"] if all(target["label"] in s for s in summaries)]
+
+
 def plot_firehose(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -75,7 +81,7 @@ def plot_firehose(results: dict, path: Path) -> None:
 
     firehose = results["scenarios"]["firehose"]["by_clients"]
     counts = sorted(int(n) for n in firehose)
-    labels = [target["label"] for target in results["targets"]]
+    labels = _firehose_labels(results)
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label in labels:
         throughput = [firehose[str(n)]["summary"][label]["delivered_events_per_s"] for n in counts]
@@ -218,7 +224,7 @@ def markdown(results: dict) -> str:
     lines += [f"| {a.strip()} | {b} | {c} | {d} |" for a, b, c, d in summary_rows(results)]
     scenarios = results["scenarios"]
     if "firehose" in scenarios:
-        labels = [target["label"] for target in results["targets"]]
+        labels = _firehose_labels(results)
         lines += ["", "| Clients | " + " | ".join(f"{label} ev/s" for label in labels) + " | "
                   + " | ".join(f"{label} µs CPU/ev" for label in labels) + " | "
                   + " | ".join(f"{label} p50/p99 ms" for label in labels) + " | cut by server |",
@@ -283,4 +289,9 @@ def markdown(results: dict) -> str:
 if __name__ == "__main__":
     import sys
 
-    print(markdown(json.loads(Path(sys.argv[1]).read_text())))
+    source = Path(sys.argv[1])
+    loaded = json.loads(source.read_text())
+    if "--files" in sys.argv[2:]:  # (re)write <name>.md and, for a full run, the plot beside the results file
+        print(write_results(loaded, source.stem, plot=loaded["mode"] == "full"))
+    else:
+        print(markdown(loaded))

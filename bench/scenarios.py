@@ -356,11 +356,10 @@ def admission(env: Environment, targets: list[Target], *, admissions: int, concu
 
 # --- 4. idle connections -----------------------------------------------------------------------------------------
 
-IDLE_CPU_WINDOW_SECONDS = 5.0
-"""Server CPU is sampled this long at each step: idle connections still cost their lock refreshes."""
-
-
-def idle(env: Environment, targets: list[Target], *, steps: list[int], runs: int, processes: int, log) -> dict:
+def idle(env: Environment, targets: list[Target], *, steps: list[int], runs: int, processes: int, log,
+         cpu_window: float = 5.0) -> dict:
+    """Memory per idle subscribed connection at each step, and the server's CPU over *cpu_window* seconds there
+    (idle connections still cost their lock refreshes and daphne's periodic checks)."""
     from streaming.simulator.universe import OPTION_CONTRACTS
 
     symbols = [contract.symbol for contract in OPTION_CONTRACTS]
@@ -385,7 +384,7 @@ def idle(env: Environment, targets: list[Target], *, steps: list[int], runs: int
                 time.sleep(1.0)
                 rss = server.rss_bytes()
                 cpu_before, cpu_started = server.cpu_seconds(), time.time()
-                time.sleep(IDLE_CPU_WINDOW_SECONDS)
+                time.sleep(cpu_window)
                 idle_cpu = 100 * (server.cpu_seconds() - cpu_before) / (time.time() - cpu_started)
                 if baseline is None:
                     baseline = (held, rss)

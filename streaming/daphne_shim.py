@@ -158,6 +158,7 @@ class FlowControl:
             transport is None
             or not transport.connected
             or transport.disconnecting
+            or transport._writeDisconnected
             or transport._tempDataLen
             or len(transport.dataBuffer) != transport.offset
             or protocol.send_queue
