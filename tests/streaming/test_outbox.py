@@ -121,13 +121,19 @@ async def test_direct_path_holds_frames_while_the_socket_does_not_drain():
     assert socket.written == [b'[{"n":1},{"n":2}]'] and outbox.queued_bytes == 0
 
 
-async def test_direct_path_stop_drops_queued_frames_and_later_puts():
+async def outbox_holding_a_frame() -> tuple[Outbox, Socket]:
+    """A direct-path outbox with one frame queued behind a socket that stopped draining."""
     socket = Socket()
     outbox = Outbox(never_called, limit_bytes=100, flow_control=socket)
     outbox.start()
     socket.pause()
     outbox.put([b'[{"n":1}]'])
     await turns()
+    return outbox, socket
+
+
+async def test_direct_path_stop_drops_queued_frames_and_later_puts():
+    outbox, socket = await outbox_holding_a_frame()
     outbox.stop()
     socket.resume()
     outbox.put([b'[{"n":2}]'])
@@ -136,12 +142,7 @@ async def test_direct_path_stop_drops_queued_frames_and_later_puts():
 
 
 async def test_direct_path_gives_up_when_the_socket_closes():
-    socket = Socket()
-    outbox = Outbox(never_called, limit_bytes=100, flow_control=socket)
-    outbox.start()
-    socket.pause()
-    outbox.put([b'[{"n":1}]'])
-    await turns()
+    outbox, socket = await outbox_holding_a_frame()
     socket.closed = True
     socket.resume()
     await turns()
