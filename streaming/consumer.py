@@ -119,8 +119,8 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def websocket_disconnect(self, message: dict) -> None:
-        """Channels' version also ends with ``aclose_old_connections()`` (see ``dispatch``); this consumer joins no
-        ``groups`` of Channels' own (its control group is left in ``_cleanup``)."""
+        """Channels' version also ends with ``aclose_old_connections()`` (see ``dispatch``) and leaves the consumer's
+        Channels ``groups``; this consumer has none (it leaves its ``ControlListener`` in ``_cleanup``)."""
         await self.disconnect(message["code"])
         raise StopConsumer()
 
