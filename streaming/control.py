@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -27,6 +26,7 @@ from django.dispatch import receiver
 
 from accounts.signals import entitlements_changed
 from streaming.backoff import Backoff
+from streaming.loop_local import LoopLocal
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ async def join_group(layer: BaseChannelLayer, group: str, channel_name: str) -> 
 class ControlListener:
     """This process's channel in ``RECHECK_GROUP`` and the connections it serves, by user id (one per event loop)."""
 
-    _listeners: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ControlListener]" = weakref.WeakKeyDictionary()
+    _listeners: LoopLocal[ControlListener] = LoopLocal()
 
     def __init__(self, layer: BaseChannelLayer) -> None:
         self.layer = layer
@@ -101,20 +101,14 @@ class ControlListener:
     @classmethod
     def for_loop(cls) -> ControlListener | None:
         """The running loop's listener, started on first use; None without a channel layer (nothing to hear)."""
-        loop = asyncio.get_running_loop()
-        listener = cls._listeners.get(loop)
-        if listener is None:
-            layer = get_channel_layer()
-            if layer is None:
-                return None
-            listener = cls._listeners[loop] = cls(layer)
-        return listener
+        layer = get_channel_layer()
+        return None if layer is None else cls._listeners.get(lambda: cls(layer))
 
     @classmethod
     async def stop_for_loop(cls) -> None:
         """Stop the running loop's listener, if any, before the loop closes (tests run a loop each). A single
         cancellation does not always do: see ``_stop``."""
-        listener = cls._listeners.pop(asyncio.get_running_loop(), None)
+        listener = cls._listeners.pop()
         if listener is not None:
             await listener._stop()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
@@ -23,6 +22,7 @@ from streaming import metrics
 from streaming.backoff import Backoff
 from streaming.conf import stream_settings
 from streaming.fanout import MAX_FRAME_BYTES, SubscriptionIndex, encode_frames
+from streaming.loop_local import LoopLocal
 from streaming.protocol import Subscription
 from streaming.relay_source import FeedConnection, open_upstream
 from streaming.upstream import UpstreamError, UpstreamUnavailable
@@ -49,9 +49,7 @@ class Subscriber(Protocol):
 class UpstreamHub:
     """The upstream of one market in this process, and the subscriptions of its clients."""
 
-    _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, UpstreamHub]]" = (
-        weakref.WeakKeyDictionary()
-    )
+    _hubs: LoopLocal[dict[str, UpstreamHub]] = LoopLocal()
 
     def __init__(
         self, market: str, url: str, api_key: str, idle_seconds: float, silence_seconds: float = 0.0
@@ -79,7 +77,7 @@ class UpstreamHub:
     @classmethod
     def for_market(cls, market: str) -> "UpstreamHub":
         """The hub of *market* for the running event loop (one per process in production)."""
-        hubs = cls._hubs.setdefault(asyncio.get_running_loop(), {})
+        hubs = cls._hubs.get(dict)
         hub = hubs.get(market)
         if hub is None:
             settings = stream_settings()

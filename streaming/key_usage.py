@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 
 from channels.db import database_sync_to_async
 
 from accounts.keys import stamp_last_used
 from streaming.conf import stream_settings
+from streaming.loop_local import LoopLocal
 
 logger = logging.getLogger(__name__)
 
 
 class KeyUsage:
-    _instances: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, KeyUsage]" = weakref.WeakKeyDictionary()
+    _instances: LoopLocal[KeyUsage] = LoopLocal()
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
@@ -30,11 +30,7 @@ class KeyUsage:
     @classmethod
     def for_loop(cls) -> KeyUsage:
         """This process's recorder (one per event loop)."""
-        loop = asyncio.get_running_loop()
-        usage = cls._instances.get(loop)
-        if usage is None:
-            usage = cls._instances[loop] = cls(stream_settings().key_usage_interval)
-        return usage
+        return cls._instances.get(lambda: cls(stream_settings().key_usage_interval))
 
     def note(self, key_id: int) -> None:
         self._pending.add(key_id)
@@ -44,7 +40,7 @@ class KeyUsage:
     @classmethod
     async def flush_for_loop(cls) -> None:
         """Write what this process has pending now (graceful shutdown), if it recorded anything."""
-        usage = cls._instances.get(asyncio.get_running_loop())
+        usage = cls._instances.peek()
         if usage is not None:
             await usage._write(usage._take())
 

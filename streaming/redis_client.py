@@ -6,28 +6,23 @@ of hanging a handshake; channels-redis keeps its own pool with the long socket t
 
 from __future__ import annotations
 
-import asyncio
-import weakref
 
 import redis.asyncio
 import redis.asyncio.sentinel
 from django.conf import settings
+
+from streaming.loop_local import LoopLocal
 
 SOCKET_TIMEOUT_SECONDS = 2.0
 HEALTH_CHECK_INTERVAL_SECONDS = 15
 POOL_SIZE = 64
 SENTINEL_POOL_SIZE = 4096  # Sentinel pools cannot block: make exhaustion unreachable instead
 
-_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis]" = weakref.WeakKeyDictionary()
+_clients: LoopLocal[redis.asyncio.Redis] = LoopLocal()
 
 
 def redis_client() -> redis.asyncio.Redis:
-    loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None:
-        client = _connect()
-        _clients[loop] = client
-    return client
+    return _clients.get(_connect)
 
 
 def _connect() -> redis.asyncio.Redis:
