@@ -40,7 +40,7 @@ serve: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" deploy/entrypoint.sh start
 
 # The database-facing tests, and the containers' commands, on a private PostgreSQL (Debian's postgresql package).
-POSTGRES_TESTS ?= tests/accounts tests/streaming/test_consumer_admission.py tests/e2e/test_admission.py \
+POSTGRES_TESTS ?= tests/accounts tests/streaming/gateway/test_consumer_admission.py tests/e2e/test_admission.py \
 	tests/e2e/test_deployment.py
 test-postgres: setup
 	$(BIN)/python -m devstack.postgres_server -- \

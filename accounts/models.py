@@ -20,10 +20,6 @@ class Product(models.TextChoices):
 class User(AbstractUser):
     """The account that pays; one live WebSocket connection at a time, whatever key or market it uses."""
 
-    def plan_for(self, product: str) -> "Plan":
-        tier = self.tiers.select_related("plan").filter(product=product).first()
-        return tier.plan if tier is not None else Plan.objects.get(slug=Plan.FREE)
-
 
 class Plan(models.Model):
     """A plan tier (Free, Developer, Expert, Commercial): seeded by a data migration, editable in the admin."""

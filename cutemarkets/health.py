@@ -16,7 +16,7 @@ from django_redis import get_redis_connection
 
 from streaming.conf import FAILURE_MODE_OPEN, MARKETS, stream_settings
 
-logger = logging.getLogger("cutemarkets.health")
+logger = logging.getLogger(__name__)
 
 OK = "ok"
 UNREACHABLE = "unreachable"

@@ -3,7 +3,7 @@
 #   entrypoint.sh start   apply migrations, collect static files, then run daphne (the default)
 #   entrypoint.sh serve   run daphne only
 #   entrypoint.sh CMD...  run CMD (e.g. the feed simulator, or manage.py) with the image's environment
-# daphne replaces the shell (exec), so it receives SIGTERM itself and drains its WebSockets (streaming.shutdown).
+# daphne replaces the shell (exec), so it receives SIGTERM itself and drains its WebSockets (streaming.daphne.shutdown).
 set -eu
 cd "$(dirname "$0")/.."
 

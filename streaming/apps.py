@@ -6,4 +6,4 @@ class StreamingConfig(AppConfig):
     verbose_name = "Streaming gateway"
 
     def ready(self) -> None:
-        from streaming import control  # noqa: F401  (connects the live re-check receiver)
+        from streaming.gateway import rechecks  # noqa: F401  (connects the live re-check receiver)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, disable_created_metrics
 
 from streaming.conf import MARKETS
-from streaming.lock import LockLossReason
+from streaming.runtime.lease import LossReason
 
 OTHER_LABEL = "other"
 """Label value of a market or close code outside the known set (a client can name any path or close code)."""
@@ -65,7 +65,7 @@ def _export_initial_series() -> None:
         for metric in (LIVE_CONNECTIONS, ADMISSIONS, FRAMES_FORWARDED, BYTES_FORWARDED, UPSTREAM_CONNECTED,
                        UPSTREAM_RECONNECTS, SLOW_CONSUMER_DISCONNECTS):
             metric.labels(market)
-    for reason in LockLossReason:
+    for reason in LossReason:
         LOCK_REFRESH_FAILURES.labels(reason.value)
 
 
@@ -127,5 +127,5 @@ def slow_consumer(market: str) -> None:
 
 
 def lock_refresh_failure(reason: str) -> None:
-    """A connection lock could not be kept; *reason* is ``LockLossReason.value`` ("lost" or "unreachable")."""
+    """A connection lock could not be kept; *reason* is ``LossReason.value`` ("lost" or "unreachable")."""
     LOCK_REFRESH_FAILURES.labels(reason).inc()

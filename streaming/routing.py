@@ -11,7 +11,7 @@ reaches the consumer with an empty market, which is just as unsupported and cann
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.urls import re_path
 
-from streaming.consumer import MarketDataConsumer
+from streaming.gateway.consumer import MarketDataConsumer
 
 MARKET_PATTERN = r"[A-Za-z0-9_-]{1,32}"
 UNREADABLE_MARKET = ""

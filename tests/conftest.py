@@ -39,7 +39,7 @@ async def stop_control_listener():
     yield
     from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 
-    from streaming.control import ControlListener
+    from streaming.gateway.rechecks import ControlListener
 
     await ControlListener.stop_for_loop()
     layer = channel_layers.backends.pop(DEFAULT_CHANNEL_LAYER, None)

@@ -14,12 +14,6 @@ def test_seeded_plans_match_the_published_tiers():
     assert (plans["commercial"].price_yearly_eur, plans["commercial"].price_monthly_eur) == (399, 469)
 
 
-def test_plan_for_defaults_to_free():
-    user = make_user(plans={"stocks": "commercial"})
-    assert user.plan_for("stocks").slug == "commercial"
-    assert user.plan_for("options").slug == "free"
-
-
 def test_revoke_keeps_the_row_and_is_idempotent():
     user = make_user()
     api_key, _ = make_key(user)

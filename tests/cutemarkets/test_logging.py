@@ -9,14 +9,14 @@ from cutemarkets.logging import JsonFormatter
 
 
 def record(message: str, *args: object, exc_info=None) -> logging.LogRecord:
-    return logging.LogRecord("cutemarkets.stream", logging.WARNING, __file__, 1, message, args, exc_info)
+    return logging.LogRecord("streaming.gateway.consumer", logging.WARNING, __file__, 1, message, args, exc_info)
 
 
 def test_a_record_is_one_json_object_with_time_level_logger_and_message():
     line = JsonFormatter().format(record("stream closed user=%s code=%s", 7, 1001))
     entry = json.loads(line)
     assert entry.keys() == {"time", "level", "logger", "message"}
-    assert (entry["level"], entry["logger"]) == ("WARNING", "cutemarkets.stream")
+    assert (entry["level"], entry["logger"]) == ("WARNING", "streaming.gateway.consumer")
     assert entry["message"] == "stream closed user=7 code=1001"
     assert entry["time"].endswith("+00:00")
 

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from devstack.redis_server import RedisServer
-from streaming import lock
+from streaming.runtime import lock
 from tests.e2e.processes import free_port
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -27,8 +27,8 @@ import django
 django.setup()
 from channels.layers import get_channel_layer
 from django.core.cache import cache
-from streaming.lock import ConnectionLock
-from streaming.redis_client import redis_client
+from streaming.runtime.lock import ConnectionLock
+from streaming.runtime.redis_client import redis_client
 
 cache.set("sentinel-probe", "cached", 60)
 assert cache.get("sentinel-probe") == "cached"

@@ -12,7 +12,8 @@ from websockets.asyncio.client import connect
 
 from accounts.models import ApiKey
 from devstack.redis_server import RedisServer
-from streaming import codes, lock
+from streaming import codes
+from streaming.runtime import lock
 from tests.accounts.factories import make_key, make_user
 from tests.e2e.clients import TIMEOUT, bearer, expect_statuses, read_until_closed, rejected
 
@@ -41,7 +42,7 @@ async def test_admitted_with_header_and_with_query(gateway, customer):
 async def test_4401_reaches_the_client_with_status_and_reason(gateway, customer):
     outcome = await rejected(gateway.url("/v1/ws/options/"), bearer("cmo_" + "x" * 12 + "_" + "y" * 40))
     assert outcome.statuses == ["connected", "auth_failed"]
-    assert outcome.close_code == codes.CLOSE_UNAUTHORIZED
+    assert outcome.close_code == codes.CloseCode.UNAUTHORIZED
     assert outcome.close_reason == outcome.events[-1]["message"] == "authentication failed: invalid API key"
 
 
@@ -67,7 +68,7 @@ async def test_4409_reaches_the_client(gateway, customer):
         await expect_statuses(first, "connected", "auth_success")
         outcome = await rejected(gateway.url("/v1/ws/stocks/"), bearer(keys["stocks"]))
         assert outcome.statuses == ["connected", "max_connections"]
-        assert outcome.close_code == codes.CLOSE_ALREADY_CONNECTED
+        assert outcome.close_code == codes.CloseCode.ALREADY_CONNECTED
         # Through the auth message, as official SDKs do it, the answer is the same.
         outcome = await rejected(
             gateway.url("/v1/ws/options"), send=orjson.dumps({"action": "auth", "params": keys["options-2"]}).decode()
@@ -84,7 +85,7 @@ async def test_1011_when_redis_is_down_at_admission(gateway_factory, customer, t
         private_redis.kill()
         outcome = await rejected(gateway.url("/v1/ws/options/"), bearer(keys["options"]))
     assert outcome.statuses == ["connected", "error"]
-    assert outcome.close_code == codes.CLOSE_INTERNAL_ERROR
+    assert outcome.close_code == codes.CloseCode.INTERNAL_ERROR
     assert "Traceback" not in gateway.log()
 
 

@@ -143,13 +143,13 @@ async def test_the_container_commands_serve_the_gateway_in_production_mode(produ
 
         gateway.process.send_signal(signal.SIGTERM)
         outcome = await read_until_closed(websocket)
-    assert outcome.close_code == codes.CLOSE_GOING_AWAY
+    assert outcome.close_code == codes.CloseCode.GOING_AWAY
     assert await asyncio.to_thread(gateway.stop) == 0
 
     log = gateway.log()
     assert browser_key not in log
     records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
-    access = [record["message"] for record in records if record["logger"] == "cutemarkets.access"]
+    access = [record["message"] for record in records if record["logger"] == "streaming.daphne.access_log"]
     assert any("GET /healthz 200" in line for line in access)
     assert any("WSCONNECT /v1/ws/options/" in line for line in access)
     lines = log.splitlines()
@@ -196,9 +196,9 @@ async def test_metrics_follow_admissions_and_rejections(gateway_factory, browser
     async with connect(gateway.url("/v1/ws/options/"), additional_headers=bearer(browser_key)) as websocket:
         await expect_statuses(websocket, "connected", "auth_success")
         second = await rejected(gateway.url("/v1/ws/options/"), bearer(browser_key))
-        assert second.close_code == codes.CLOSE_ALREADY_CONNECTED
+        assert second.close_code == codes.CloseCode.ALREADY_CONNECTED
         invalid = await rejected(gateway.url("/v1/ws/options/"), bearer("cmo_" + "x" * 12 + "_" + "y" * 40))
-        assert invalid.close_code == codes.CLOSE_UNAUTHORIZED
+        assert invalid.close_code == codes.CloseCode.UNAUTHORIZED
         during = scrape(gateway.port)
     after = await wait_for_metric(gateway.port, "cutemarkets_stream_connections", 0.0, market="options")
 
@@ -207,9 +207,9 @@ async def test_metrics_follow_admissions_and_rejections(gateway_factory, browser
 
     assert value(during, "cutemarkets_stream_connections", market="options") == 1
     assert increase(during, "cutemarkets_stream_admissions_total", market="options") == 1
-    for code in (codes.CLOSE_ALREADY_CONNECTED, codes.CLOSE_UNAUTHORIZED):
+    for code in (codes.CloseCode.ALREADY_CONNECTED, codes.CloseCode.UNAUTHORIZED):
         assert increase(during, "cutemarkets_stream_rejections_total", market="options", code=str(code)) == 1
-    assert increase(after, "cutemarkets_stream_closes_total", market="options", code=str(codes.CLOSE_NORMAL)) == 1
+    assert increase(after, "cutemarkets_stream_closes_total", market="options", code=str(codes.CloseCode.NORMAL_CLOSURE)) == 1
 
 
 async def wait_for_metric(port: int, name: str, expected: float, **labels: str) -> dict:

@@ -20,8 +20,8 @@ import pytest
 import redis
 from django.conf import settings
 
-from streaming.lock import KEY_PREFIX as LOCK_PREFIX
-from streaming.relay_protocol import RelayNames
+from streaming.runtime.lock import KEY_PREFIX as LOCK_PREFIX
+from streaming.relay.wire import RelayNames
 from tests.accounts.factories import make_key, make_user
 from tests.e2e.clients import read_until_closed
 from tests.e2e.conftest import SIMULATOR_KEY

@@ -12,7 +12,9 @@ import redis
 from django.conf import settings
 from websockets.asyncio.client import connect
 
-from streaming import codes, lock, shutdown
+from streaming import codes
+from streaming.daphne import close
+from streaming.runtime import lock
 from tests.accounts.factories import make_key, make_user
 from tests.e2e.clients import bearer, expect_statuses, read_until_closed
 
@@ -55,9 +57,9 @@ async def test_sigterm_closes_every_stream_with_1001_and_releases_the_locks(gate
         elapsed = time.monotonic() - started
 
     assert [(outcome.close_code, outcome.close_reason) for outcome in outcomes] == [
-        (codes.CLOSE_GOING_AWAY, shutdown.SHUTDOWN_REASON.decode())
+        (codes.CloseCode.GOING_AWAY, close.SHUTDOWN_REASON.decode())
     ] * CLIENTS
     assert exit_code == 0, gateway.log()
     assert elapsed < EXIT_TIMEOUT_SECONDS
     assert lock_keys() == []
-    assert gateway.log().count(f"code={codes.CLOSE_GOING_AWAY}") >= CLIENTS  # each consumer saw its disconnect
+    assert gateway.log().count(f"code={codes.CloseCode.GOING_AWAY}") >= CLIENTS  # each consumer saw its disconnect

@@ -15,7 +15,7 @@ import redis
 from websockets.asyncio.client import connect
 
 from devstack.redis_server import RedisServer
-from streaming import lock
+from streaming.runtime import lease, lock
 from streaming.simulator import FeedSimulator
 from tests.accounts.factories import make_key, make_user
 from tests.e2e.clients import Outcome, bearer, expect_statuses, read_until_closed
@@ -79,7 +79,7 @@ async def test_gateway_killed_mid_stream_user_reconnects_within_the_ttl(gateway_
         await asyncio.sleep(0.1)
     reconnected_after = time.monotonic() - killed_at
     assert set(decisions) <= {"max_connections"}  # refused while the dead stream's lock lived, never admitted twice
-    assert reconnected_after >= LOCK_TTL * (1 - lock.REFRESH_FRACTION) - 0.5
+    assert reconnected_after >= LOCK_TTL * (1 - lease.REFRESH_FRACTION) - 0.5
     record("reconnect after SIGKILL of the gateway", reconnected_after, "s", ttl=LOCK_TTL, refused=len(decisions))
     await wait_until(lambda: not lock_held(clean_redis), 5)
 

@@ -26,7 +26,8 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from hypothesis import HealthCheck, event, given, settings as hypothesis_settings, strategies as st
 
-from streaming import codes, protocol
+from streaming import codes
+from streaming.gateway import protocol
 from tests.accounts.factories import make_key, make_user
 from tests.e2e.conftest import SIMULATOR_KEY, simulator  # noqa: F401  (the feed simulator, in the test's loop)
 from tests.reliability.figures import record
@@ -43,7 +44,7 @@ EVENT_TYPES = {"options": {"T", "Q", "A", "AM"}, "stocks": {"T", "Q", "A", "AM",
 SIMPLE_ITEM = re.compile(r"(?P<ev>[A-Z]+)\.(?P<sym>[A-Z]{1,5}|\*)")
 LEAK_MARKERS = ("Traceback", "Error(", 'File "', ".py", "site-packages", "/work/", "<class ", " object at 0x",
                 "Exception", "errno")
-ANSWERED_STATUSES = {codes.STATUS_SUCCESS, codes.STATUS_ERROR, codes.STATUS_AUTH_SUCCESS}
+ANSWERED_STATUSES = {codes.Status.SUCCESS, codes.Status.ERROR, codes.Status.AUTH_SUCCESS}
 
 FUZZ = hypothesis_settings(
     max_examples=200,
@@ -135,7 +136,7 @@ class Session:
         self.exchanges += 1
         self._sentinels += 1
         sentinel = f"zz-sentinel-{self._sentinels}"
-        sentinel_reply = [codes.status_event(codes.STATUS_ERROR, protocol.unknown_action_message(sentinel))]
+        sentinel_reply = [codes.status_event(codes.Status.ERROR, protocol.unknown_action_message(sentinel))]
         await self.send(frame)
         await self.send(orjson.dumps({"action": sentinel}).decode())
         exchange = Exchange()
@@ -304,7 +305,7 @@ def assert_anonymous_answer(frame: str | bytes, exchange: Exchange) -> None:
     expected = expected_for(frame)
     if expected.kind == "auth":
         assert exchange.statuses == ["auth_failed"], exchange.events
-        assert exchange.close_code == codes.CLOSE_UNAUTHORIZED
+        assert exchange.close_code == codes.CloseCode.UNAUTHORIZED
         assert exchange.events[0]["message"].startswith("authentication failed: ")
         if isinstance(expected.params, str) and len(expected.params) >= 8:
             assert expected.params not in exchange.frames[0]
@@ -580,7 +581,7 @@ async def test_flooding_is_refused_then_closed_1008_with_a_status(application, k
     assert all(message.startswith("rate limit exceeded") for message in messages[3:7]), messages
     assert len(messages) == 8 and messages[7].startswith("too many messages")
     assert {event["status"] for event in events} == {"error"}
-    assert close_code == codes.CLOSE_POLICY_VIOLATION
+    assert close_code == codes.CloseCode.POLICY_VIOLATION
 
 
 @pytest.mark.parametrize(
@@ -597,10 +598,10 @@ async def test_a_path_cannot_write_into_log_lines(application, keys, caplog, mar
     while (output := await communicator.receive_output(TIMEOUT))["type"] == "websocket.send":
         events.extend(orjson.loads(output["text"]))
     await communicator.disconnect()
-    assert output["code"] == codes.CLOSE_UNAUTHORIZED
+    assert output["code"] == codes.CloseCode.UNAUTHORIZED
     assert [event["status"] for event in events] == ["connected", "auth_failed"]
     assert "unsupported market" in events[-1]["message"]
-    messages = [record.getMessage() for record in caplog.records if record.name.startswith("cutemarkets")]
+    messages = [record.getMessage() for record in caplog.records if record.name.startswith("streaming.")]
     assert messages
     for message in messages:
         assert message.isprintable() and len(message) < 500, repr(message[:200])

@@ -19,7 +19,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from accounts.models import ApiKey
-from streaming import lock
+from streaming.runtime import lock
 from streaming.simulator import FeedSimulator
 from tests.accounts.factories import make_key, make_user
 from tests.e2e.clients import bearer

@@ -309,7 +309,7 @@ class Keys:
 
 async def lock_released(client: redis.Redis, user_id: int, timeout: float = TIMEOUT) -> float | None:
     """Seconds until the user's connection lock is gone (None if it is still held after *timeout*)."""
-    from streaming.lock import KEY_PREFIX
+    from streaming.runtime.lock import KEY_PREFIX
 
     started = time.monotonic()
     while client.exists(f"{KEY_PREFIX}{user_id}"):

@@ -1,4 +1,4 @@
-"""``manage.py run_feed_relay --market {options,stocks}``: the feed relay of one market (see streaming.relay).
+"""``manage.py run_feed_relay --market {options,stocks}``: the feed relay of one market (see streaming.relay.leader).
 
 Run two per market for high availability; gateways with ``STREAM_FANOUT=relay`` take their frames from it. SIGTERM
 or SIGINT stops it cleanly: it leaves the upstream, tells the gateways, and releases its lease to the standby.
@@ -12,9 +12,9 @@ import signal
 from django.core.management.base import BaseCommand, CommandError
 
 from streaming.conf import MARKETS, stream_settings
-from streaming.redis_client import redis_client
-from streaming.relay import FeedRelay
-from streaming.relay_protocol import RelayNames
+from streaming.runtime.redis_client import redis_client
+from streaming.relay.leader import FeedRelay
+from streaming.relay.wire import RelayNames
 
 
 class Command(BaseCommand):

@@ -1,0 +1,163 @@
+"""Send-side flow control for daphne WebSockets, and a direct way to write text frames to the socket.
+
+daphne writes every ``websocket.send`` straight into the Twisted transport, so a client that stops reading makes the
+server buffer without bound. The patched ``create_application`` puts a ``FlowControl`` in each WebSocket scope's
+extensions, telling the application when the socket is not draining (the gateway's outbox waits for it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Callable
+from typing import Any
+
+FLOW_CONTROL_EXTENSION = "cutemarkets.flow_control"
+"""Key of the ``FlowControl`` object in ``scope["extensions"]``; absent when the server is not a patched daphne."""
+
+TEXT_FRAME_FIRST_BYTE = 0x81
+"""FIN set, no RSV bits, opcode 1 (text)."""
+
+
+class FlowControl:
+    """Whether one daphne WebSocket connection's socket is draining, and a direct way to write text frames to it.
+
+    It is the Twisted transport's streaming producer: the transport calls ``pauseProducing()`` when a write leaves
+    more than its ``bufferSize`` (64 KiB) unsent in user space (the kernel's socket buffers are full, or the app wrote
+    that much within one loop iteration) and ``resumeProducing()`` once all of it has been handed to the kernel. All
+    methods run on daphne's event loop, which the Twisted reactor and asyncio share.
+
+    ``write_text`` is the data path for applications that send many frames (see its docstring): it costs a fraction
+    of an ASGI ``websocket.send``, and the pacing above applies to it unchanged.
+    """
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._closed = False
+        transport = self._socket_transport()
+        # Direct socket writes only when the protocol writes to the TCP transport itself (no TLS layer between).
+        self._direct = transport if transport is protocol.transport and hasattr(transport, "socket") else None
+
+    @classmethod
+    def attach(cls, protocol: Any) -> FlowControl:
+        """Make a ``FlowControl`` the producer of ``protocol``'s transport.
+
+        The producer it replaces is the ``HTTPChannel`` that parsed the upgrade request: it stays registered after
+        daphne hands the socket to the WebSocket protocol, ignores pauses while its request is unfinished (forever),
+        and autobahn itself never registers one.
+        """
+        flow_control = cls(protocol)
+        protocol.transport.unregisterProducer()
+        protocol.transport.registerProducer(flow_control, True)
+        protocol.is_closed.addBoth(flow_control._on_protocol_closed)
+        return flow_control
+
+    def is_writable(self) -> bool:
+        """False while the transport's unsent bytes are over the high-water mark, and once the connection is closed."""
+        return self._writable.is_set() and not self._closed
+
+    async def wait_writable(self) -> None:
+        """Return once the transport has drained, or at once if it has or when it gets closed (check ``is_closed()``)."""
+        await self._writable.wait()
+
+    def is_closed(self) -> bool:
+        return self._closed
+
+    def write_text(self, payload: bytes) -> None:
+        """Send *payload* (UTF-8 text) as one WebSocket text message, now; nothing happens once the close has begun.
+
+        An ASGI ``websocket.send`` goes through daphne's ``handle_reply``, a UTF-8 encode, autobahn's ``sendMessage``
+        and ``sendFrame`` (which copies the payload behind its header), and Twisted's buffered write, which registers
+        the socket with the event loop and sends on the next turn: tens of microseconds, paid per client per frame
+        by a fan-out server. This builds the frame header itself and, when nothing is waiting in Twisted's buffer,
+        hands header and payload to the kernel in one ``sendmsg``; what the kernel does not take (and everything
+        while data is waiting) goes through Twisted's buffer as before, so bytes keep their order with frames sent
+        any other way, and ``pauseProducing`` still fires when the buffer passes the high-water mark. With
+        permessage-deflate negotiated, autobahn compresses and sends it.
+        """
+        protocol = self._protocol
+        if protocol.state != protocol.STATE_OPEN:
+            return
+        if protocol._perMessageCompress is not None:
+            protocol.sendMessage(payload, False)
+            return
+        header = text_frame_header(len(payload))
+        transport = self._direct
+        if (
+            transport is None
+            or not transport.connected
+            or transport.disconnecting
+            or transport._writeDisconnected
+            or transport._tempDataLen
+            or len(transport.dataBuffer) != transport.offset
+            or protocol.send_queue
+        ):
+            protocol.transport.writeSequence((header, payload))
+            return
+        try:
+            sent = transport.socket.sendmsg((header, payload))
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = 0  # Twisted meets the error on its own write and reports the connection lost
+        if sent < len(header):
+            transport.writeSequence((header[sent:], payload))
+        elif sent < len(header) + len(payload):
+            transport.write(payload[sent - len(header):])
+
+    # Twisted IPushProducer, called by the transport.
+
+    def pauseProducing(self) -> None:
+        if not self._closed:
+            self._writable.clear()
+
+    def resumeProducing(self) -> None:
+        self._writable.set()
+
+    def stopProducing(self) -> None:
+        self._mark_closed()
+
+    def _on_protocol_closed(self, result: Any) -> Any:
+        self._mark_closed()
+        return result
+
+    def _mark_closed(self) -> None:
+        self._closed = True
+        self._writable.set()
+
+    def _socket_transport(self) -> Any:
+        """The byte-buffering ``FileDescriptor`` under the protocol (below the TLS layer, if any), or None."""
+        transport = self._protocol.transport
+        while transport is not None and not hasattr(transport, "dataBuffer"):
+            transport = getattr(transport, "transport", None)
+        return transport
+
+
+def text_frame_header(length: int) -> bytes:
+    """RFC 6455 header of an unfragmented, unmasked (server-to-client) text frame carrying *length* bytes."""
+    if length < 126:
+        return bytes((TEXT_FRAME_FIRST_BYTE, length))
+    if length < 65536:
+        return struct.pack("!BBH", TEXT_FRAME_FIRST_BYTE, 126, length)
+    return struct.pack("!BBQ", TEXT_FRAME_FIRST_BYTE, 127, length)
+
+
+def get_flow_control(scope: dict[str, Any]) -> FlowControl | None:
+    """The connection's ``FlowControl``, or None when the server is not a patched daphne (uvicorn, test communicators)."""
+    return scope.get("extensions", {}).get(FLOW_CONTROL_EXTENSION)
+
+
+def patched_create_application(original: Callable[..., Any]) -> Callable[..., Any]:
+    def create_application(self: Any, protocol: Any, scope: dict[str, Any]) -> Any:
+        """Add the ``FlowControl`` extension to a WebSocket scope before the application instance is made.
+
+        daphne builds the scope inline in ``WebSocketProtocol.onConnect`` and has no hook for server extensions; this
+        is the one place that sees both the protocol (and so its transport) and the scope.
+        """
+        if scope["type"] == "websocket":
+            scope.setdefault("extensions", {})[FLOW_CONTROL_EXTENSION] = FlowControl.attach(protocol)
+        return original(self, protocol, scope)
+
+    return create_application

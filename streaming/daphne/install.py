@@ -1,0 +1,74 @@
+"""Installs the project's daphne patches (``install()``, called by ``cutemarkets/asgi.py``).
+
+Each patch lives with the concern it serves: ``close`` (any sendable close code and its reason as a clean close
+frame), ``flow_control`` (send-side flow control and the direct text-frame write), ``shutdown`` (SIGTERM closes every
+WebSocket with 1001 and lets the apps clean up) and ``access_log`` (no query strings; through Python logging). This
+module wires them into daphne's classes, and stops autobahn pretty-printing its configuration for a debug line
+nobody reads on every connection.
+"""
+
+from __future__ import annotations
+
+import pprint
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from streaming.daphne.access_log import patched_write_entry
+from streaming.daphne.close import patched_handle_reply
+from streaming.daphne.flow_control import patched_create_application
+from streaming.daphne.shutdown import patched_kill_all_applications
+
+_PATCH_MARKER = "_cutemarkets_daphne_shim"
+
+
+def install() -> bool:
+    """Patch the running daphne; idempotent. Returns whether daphne's classes are patched.
+
+    Does nothing (returns False) unless ``daphne.server`` is already imported, as it is under daphne's CLI, its
+    ``runserver`` and any process with the ``daphne`` Django app: importing it ourselves would install Twisted's
+    asyncio reactor as a side effect in a process that may not want one.
+    """
+    server_module = sys.modules.get("daphne.server")
+    if server_module is None:
+        return False
+    import autobahn.websocket.protocol
+    from daphne.access import AccessLogGenerator
+    from daphne.ws_protocol import WebSocketProtocol
+
+    autobahn.websocket.protocol.pformat = DeferredPformat
+    _patch(WebSocketProtocol, "handle_reply", patched_handle_reply)
+    _patch(server_module.Server, "create_application", patched_create_application)
+    _patch(server_module.Server, "kill_all_applications", patched_kill_all_applications)
+    _patch(AccessLogGenerator, "write_entry", patched_write_entry)
+    return True
+
+
+class DeferredPformat:
+    """``pprint.pformat(value)``, computed only if the result is formatted into a log line.
+
+    autobahn's ``_connectionMade`` and ``startHandshake`` pass ``pformat(...)`` of the connection's ~40 settings to
+    ``log.debug`` on every connection, whatever the log level: 15% of the gateway's CPU in an admission storm. As
+    autobahn's module-level ``pformat`` this costs one small object unless debug logging is on, when the line reads
+    as before. (autobahn's ``Timings.__str__`` also calls it; daphne never tracks timings.)
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: Any) -> None:
+        self._value = value
+
+    def __str__(self) -> str:
+        return pprint.pformat(self._value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def _patch(cls: type, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    original = getattr(cls, name)
+    if getattr(original, _PATCH_MARKER, False):
+        return
+    patched = make(original)
+    setattr(patched, _PATCH_MARKER, True)
+    setattr(cls, name, patched)

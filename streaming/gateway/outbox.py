@@ -1,0 +1,127 @@
+"""A client's bounded outbound queue, written out at the pace the socket takes.
+
+daphne never pushes back on ``send()``: it buffers whatever the application sends. The outbox is where a client
+that stops reading is caught instead: it holds at most ``limit_bytes`` of frames, frames leave only while the
+transport drains (daphne's flow-control extension, see ``streaming.daphne.flow_control``), and ``put`` reports an overflow
+so the consumer can close the client with ``slow_consumer``. Other clients never wait for it.
+
+Frames that queue up behind a busy socket (or behind a busy process) leave as one: the writer merges what is queued
+into a single JSON array, up to the frame size limit, keeping the order. Each send costs the server (and the client)
+the same whatever its size, so a client that fell behind catches up in a few large frames instead of many small ones.
+
+Two ways out. Under daphne (a ``FlowControl`` given) frames are written straight to the socket by a callback that
+``put`` schedules once per event-loop turn: the hub routes a whole batch of upstream frames in one turn, and each
+client then writes once. Elsewhere (uvicorn, test communicators) a writer task awaits the ASGI ``send`` per frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from streaming.daphne.flow_control import FlowControl
+from streaming.hub.index import MAX_FRAME_BYTES
+
+
+class Outbox:
+    def __init__(
+        self,
+        send: Callable[[bytes], Awaitable[None]],
+        limit_bytes: int,
+        flow_control: FlowControl | None = None,
+        on_sent: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self._send = send
+        self.limit_bytes = limit_bytes
+        self._flow_control = flow_control
+        self._on_sent = on_sent
+        self._frames: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._ready = asyncio.Event() if flow_control is None else None  # the ASGI writer task's wake-up
+        self._writer: asyncio.Task | None = None
+        self._flush_scheduled = False
+        self._stopped = False
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    def start(self) -> None:
+        if self._flow_control is None:
+            self._writer = asyncio.ensure_future(self._drain())
+
+    def put(self, frames: list[bytes]) -> bool:
+        """Queue UTF-8 text frames in order; False (and nothing queued) if they would exceed the budget."""
+        if self._stopped:
+            return True
+        size = sum(map(len, frames))
+        if self._queued_bytes + size > self.limit_bytes:
+            return False
+        self._frames.extend(frames)
+        self._queued_bytes += size
+        if self._flow_control is None:
+            self._ready.set()
+        elif not self._flush_scheduled and self._writer is None:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return True
+
+    def stop(self) -> None:
+        """Stop sending and drop what is queued (the connection is closing)."""
+        self._stopped = True
+        if self._writer is not None:
+            self._writer.cancel()
+            self._writer = None
+        self._frames.clear()
+        self._queued_bytes = 0
+
+    def _flush(self) -> None:
+        """Write what is queued while the socket drains; when it stops draining, wait for it in a task."""
+        self._flush_scheduled = False
+        flow_control = self._flow_control
+        while self._frames and not self._stopped:
+            if not flow_control.is_writable():
+                if not flow_control.is_closed():
+                    self._writer = asyncio.ensure_future(self._flush_when_writable())
+                return
+            frame = self._next_frame()
+            flow_control.write_text(frame)
+            if self._on_sent is not None:
+                self._on_sent(frame)
+
+    async def _flush_when_writable(self) -> None:
+        await self._flow_control.wait_writable()
+        self._writer = None
+        self._flush()
+
+    async def _drain(self) -> None:
+        while True:
+            if not self._frames:
+                self._ready.clear()
+                await self._ready.wait()
+            frame = self._next_frame()
+            await self._send(frame)
+            if self._on_sent is not None:
+                self._on_sent(frame)
+
+    def _next_frame(self) -> bytes:
+        """The first queued frame, merged with those behind it into one array while it stays under the limit."""
+        frames = self._frames
+        frame = frames.popleft()
+        size = len(frame)
+        taken = size
+        if frames and size > 2:
+            parts = [frame]
+            while frames:
+                following = frames[0]
+                grown = size + len(following) - 1  # one array: drop a "]" and a "[", add a ","
+                if grown >= MAX_FRAME_BYTES or len(following) <= 2:
+                    break
+                parts.append(frames.popleft())
+                taken += len(following)
+                size = grown
+            if len(parts) > 1:
+                frame = b"[" + b",".join([part[1:-1] for part in parts]) + b"]"
+        self._queued_bytes -= taken
+        return frame

@@ -1,0 +1,344 @@
+"""One shared upstream connection per market per process, multiplexed over every client of that market.
+
+The real feed allows one connection per account and cluster, so the hub opens the upstream on the first
+subscriber, keeps its subscriptions equal to the union of its clients' (reference-counted by the index), routes
+each frame's events to the clients that asked for them, and closes the upstream a while after the last client
+leaves. When the upstream cannot be opened or is lost, every client it serves is told and closed (1011); the
+next attempt waits out an exponential backoff, so a flapping upstream is not hammered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Protocol
+
+import orjson
+
+from streaming import metrics
+from streaming.codes import STATUS_EVENT, SUBSCRIBED_PREFIX, Status
+from streaming.exceptions import UpstreamError, UpstreamUnavailable
+from streaming.runtime.backoff import Backoff
+from streaming.conf import stream_settings
+from streaming.hub.index import MAX_FRAME_BYTES, Subscription, SubscriptionIndex, encode_frames
+from streaming.runtime.loop_local import LoopLocal
+from streaming.runtime.tasks import BackgroundTasks
+from streaming.hub.source import FeedConnection, open_upstream
+
+logger = logging.getLogger(__name__)
+
+UPSTREAM_ACK_TIMEOUT_SECONDS = 5.0
+YIELD_INTERVAL_SECONDS = 0.005  # longest the router runs through a backlog before the client writers get a turn
+
+
+class Subscriber(Protocol):
+    """What the hub needs from a client connection."""
+
+    def deliver(self, frames: list[bytes]) -> None:
+        """Queue UTF-8 text frames for the client (never blocks)."""
+
+    def upstream_failed(self, message: str) -> None:
+        """The upstream is gone: tell the client and close it (1011)."""
+
+
+class UpstreamHub:
+    """The upstream of one market in this process, and the subscriptions of its clients."""
+
+    _hubs: LoopLocal[dict[str, UpstreamHub]] = LoopLocal()
+
+    def __init__(
+        self, market: str, url: str, api_key: str, idle_seconds: float, silence_seconds: float = 0.0
+    ) -> None:
+        self.market = market
+        self.url = url
+        self.api_key = api_key
+        self.idle_seconds = idle_seconds
+        self.silence_seconds = silence_seconds
+        self.index = SubscriptionIndex()
+        self.backoff = Backoff()
+        self.connected = asyncio.Event()
+        self._connection: FeedConnection | None = None
+        self._upstream_items: set[str] = set()
+        self._sync_lock = asyncio.Lock()
+        self._runner: asyncio.Task | None = None
+        self._background = BackgroundTasks()
+        self._wake = asyncio.Event()
+        self._state_changed = asyncio.Event()
+        self._pending_acks: dict[str, asyncio.Future] = {}
+        self._reserved: Counter[Subscription] = Counter()  # items of subscribe calls still in flight
+        self._failures = 0
+        self._last_failure = ""
+
+    @classmethod
+    def for_market(cls, market: str) -> "UpstreamHub":
+        """The hub of *market* for the running event loop (one per process in production)."""
+        hubs = cls._hubs.get(dict)
+        hub = hubs.get(market)
+        if hub is None:
+            settings = stream_settings()
+            upstream = settings.upstream(market)
+            if upstream is None:
+                raise LookupError(f"no upstream configured for {market}")
+            hub = hubs[market] = cls(
+                market, upstream.url, upstream.api_key, settings.upstream_idle_seconds,
+                settings.upstream_silence_seconds,
+            )
+        return hub
+
+    # --- client side ----------------------------------------------------------------------------------------------
+
+    def subscriptions_of(self, client: Subscriber) -> frozenset[Subscription]:
+        return self.index.subscriptions_of(client)
+
+    async def subscribe(
+        self, client: Subscriber, items: list[Subscription], acknowledge: Callable[[], None]
+    ) -> None:
+        """Subscribe the upstream to *items* if needed, wait for its acknowledgement, then call *acknowledge* and add
+        the items to the client's subscriptions in one step: the client's own acks precede every event they cover.
+
+        Raises UpstreamError when the upstream could not be opened or was lost meanwhile.
+        """
+        self._reserved.update(items)
+        try:
+            failures = self._failures
+            self._ensure_running()
+            self._wake.set()
+            while not self.connected.is_set():
+                if self._failures != failures:
+                    raise UpstreamUnavailable(self._last_failure)
+                await self._next_state_change()
+            await self._sync_upstream()
+            pending = [self._pending_acks[str(item)] for item in items if str(item) in self._pending_acks]
+            if pending:
+                try:
+                    async with asyncio.timeout(UPSTREAM_ACK_TIMEOUT_SECONDS):
+                        await asyncio.wait(pending)
+                except TimeoutError:
+                    logger.warning("upstream %s did not acknowledge %d item(s) in time", self.market, len(pending))
+            if self._failures != failures or not self.connected.is_set():
+                raise UpstreamUnavailable(self._last_failure)
+            acknowledge()
+            self.index.set_subscriptions(client, self.index.subscriptions_of(client) | set(items))
+        finally:
+            self._reserved.subtract(items)
+            self._reserved = +self._reserved  # drop zero counts
+
+    async def unsubscribe(self, client: Subscriber, items: list[Subscription]) -> None:
+        self.index.set_subscriptions(client, self.index.subscriptions_of(client) - set(items))
+        await self._sync_upstream()
+
+    def detach(self, client: Subscriber) -> None:
+        """Forget a leaving client; the upstream drops what nobody else needs."""
+        if self.index.subscriptions_of(client):
+            self.index.remove(client)
+            self._background.spawn(self._sync_upstream())
+
+    # --- upstream side --------------------------------------------------------------------------------------------
+
+    async def _next_state_change(self) -> None:
+        await self._state_changed.wait()
+
+    def _announce_state_change(self) -> None:
+        self._state_changed.set()
+        self._state_changed = asyncio.Event()
+
+    def _ensure_running(self) -> None:
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.ensure_future(self._run())
+
+    def _has_demand(self) -> bool:
+        return bool(self._reserved) or bool(self.index.clients())
+
+    async def _run(self) -> None:
+        while await self._wait_for_clients():
+            await self.backoff.wait()
+            if not self._has_demand():
+                continue
+            connected_at = time.monotonic()
+            try:
+                self._connection = await open_upstream(self.market, self.url, self.api_key)
+                connected_at = time.monotonic()
+                logger.info("upstream %s connected", self.market)
+                self._upstream_items = set()
+                self.connected.set()
+                metrics.upstream_state(self.market, True)
+                self._announce_state_change()
+                await self._sync_upstream()
+                await self._pump(self._connection)
+            except UpstreamError as error:
+                metrics.upstream_reconnect(self.market)
+                logger.warning("upstream %s failed: %s", self.market, error)
+                self._failures += 1
+                self._last_failure = f"upstream feed unavailable: {error}"
+                self._fail_clients(self._last_failure)
+                self.backoff.record_failure(time.monotonic() - connected_at)
+                self._announce_state_change()
+            finally:
+                await self._disconnect()
+
+    async def _wait_for_clients(self) -> bool:
+        """True while the hub has clients, or gets one within the idle period; False when it should stop."""
+        deadline = time.monotonic() + self.idle_seconds
+        while not self._has_demand():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wake.wait()
+            except TimeoutError:
+                return False
+        return True
+
+    async def _pump(self, connection: FeedConnection) -> None:
+        """Route frames until the connection ends, or until nobody has needed it for the idle period."""
+        frames = connection.frames().__aiter__()
+        yield_at = time.monotonic() + YIELD_INTERVAL_SECONDS
+        while True:
+            if not self._has_demand():
+                if not await self._wait_for_clients_while_reading(frames):
+                    return
+                continue
+            self._dispatch(await self._next_frame(frames))
+            # A backlog of frames would otherwise be routed without ever letting the client writers (and daphne's
+            # reactor) run: give them their turn at least every YIELD_INTERVAL_SECONDS, or fast clients look slow.
+            # Not after every frame: frames routed in one go leave as one merged frame per client (see Outbox), so
+            # under load each client costs one send per turn rather than one per upstream frame. Without a backlog
+            # the next read suspends anyway and the writers run at once.
+            now = time.monotonic()
+            if now >= yield_at:
+                await asyncio.sleep(0)
+                yield_at = time.monotonic() + YIELD_INTERVAL_SECONDS
+
+    async def _next_frame(self, frames) -> bytes:
+        """The next frame; with a silence limit set, a feed that stays quiet that long counts as stalled."""
+        if not self.silence_seconds:
+            return await anext(frames)
+        try:
+            async with asyncio.timeout(self.silence_seconds):
+                return await anext(frames)
+        except TimeoutError:
+            raise UpstreamUnavailable(f"upstream sent nothing for {self.silence_seconds:g} s (stalled)") from None
+
+    async def _wait_for_clients_while_reading(self, frames) -> bool:
+        # Keep reading (and discarding) while idle, so the socket answers pings and we notice a drop.
+        deadline = time.monotonic() + self.idle_seconds
+        while not self._has_demand():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                logger.info("upstream %s idle for %.0f s: closing", self.market, self.idle_seconds)
+                return False
+            try:
+                async with asyncio.timeout(remaining):
+                    frame = await anext(frames)
+            except TimeoutError:
+                return False
+            self._dispatch(frame)
+        return True
+
+    async def _disconnect(self) -> None:
+        self.connected.clear()
+        metrics.upstream_state(self.market, False)
+        connection, self._connection = self._connection, None
+        self._upstream_items = set()
+        for future in self._pending_acks.values():
+            if not future.done():
+                future.set_result(False)
+        self._pending_acks.clear()
+        if connection is not None:
+            await connection.close()
+
+    async def _sync_upstream(self) -> None:
+        """Make the upstream's subscriptions equal to what the clients hold: add first, then remove."""
+        async with self._sync_lock:
+            connection = self._connection
+            if connection is None or not self.connected.is_set():
+                return
+            wanted = {str(item) for item in self.index.upstream_items() | self._reserved.keys()}
+            added = wanted - self._upstream_items
+            removed = self._upstream_items - wanted
+            try:
+                if added:
+                    loop = asyncio.get_running_loop()
+                    self._pending_acks.update({item: loop.create_future() for item in added})
+                    await connection.subscribe(added)
+                    self._upstream_items |= added
+                if removed:
+                    await connection.unsubscribe(removed)
+                    self._upstream_items -= removed
+            except UpstreamError as error:
+                logger.warning("upstream %s: subscription update failed: %s", self.market, error)
+
+    def _fail_clients(self, message: str) -> None:
+        for client in self.index.clients():
+            self.index.remove(client)
+            client.upstream_failed(message)
+
+    def _dispatch(self, frame: bytes) -> None:
+        """Route one upstream frame, batched per group of identical subscriptions.
+
+        A group that takes every event of the frame (its wildcards cover all the frame's event types) gets the
+        upstream frame itself, unchanged; the other groups get frames built from their events, each event encoded
+        once (and only when such a group exists).
+        """
+        try:
+            events = orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            raise UpstreamUnavailable("upstream sent a frame that is not JSON") from None
+        if not isinstance(events, list):
+            raise UpstreamUnavailable("upstream sent a frame that is not an array of events")
+        routed = []
+        for event in events:
+            if not isinstance(event, dict):
+                raise UpstreamUnavailable("upstream sent an event that is not an object")
+            event_type = event.get("ev")
+            if event_type == STATUS_EVENT:
+                self._route_status(event)
+                continue
+            symbol = event.get("sym", event.get("T"))  # LULD and NOI carry the ticker in T
+            if isinstance(event_type, str) and isinstance(symbol, str):
+                routed.append((event_type, symbol, event))
+        if not routed:
+            return
+        whole: list = []
+        if len(routed) == len(events) and len(frame) < MAX_FRAME_BYTES:
+            whole = self.index.groups_taking_all({event_type for event_type, _, _ in routed})
+            if whole:
+                frames = [frame]
+                for group in whole:
+                    for client in group.members:
+                        client.deliver(frames)
+                if len(whole) == self.index.group_count():
+                    return
+        dumps = orjson.dumps
+        for group in self.index.route([(event_type, symbol, dumps(event)) for event_type, symbol, event in routed],
+                                      exclude=whole):
+            frames = encode_frames(group.batch)
+            group.batch = []
+            for client in group.members:
+                client.deliver(frames)
+
+    def _route_status(self, event: dict) -> None:
+        """Upstream acks complete the hub's own requests (clients get their own acks); other statuses go to the
+        clients they concern: those holding the item they name, or everyone if they name none."""
+        message = str(event.get("message", ""))
+        if event.get("status") == Status.SUCCESS:
+            if message.startswith(SUBSCRIBED_PREFIX):
+                future = self._pending_acks.pop(message[len(SUBSCRIBED_PREFIX):], None)
+                if future is not None and not future.done():
+                    future.set_result(True)
+            return
+        concerned = [
+            client
+            for item_text in self._upstream_items
+            if message.endswith(item_text)
+            for client in self.index.clients_of(Subscription(*item_text.split(".", 1)))
+        ] or self.index.clients()
+        frame = orjson.dumps([event])
+        for client in dict.fromkeys(concerned):
+            client.deliver([frame])
+

@@ -1,0 +1,317 @@
+"""The feed relay of one market (``manage.py run_feed_relay``): the deployment's one upstream connection for that
+market, published once to Redis for every gateway process.
+
+Run two per market. The relay holding the market's lease (a Redis key taken with SET NX PX and refreshed only while
+it still holds this relay's token) connects upstream, keeps its subscriptions equal to the union of what gateway
+processes registered, and publishes each upstream frame as an envelope carrying its epoch and sequence number. The
+other relay polls the lease and takes over within about one lease TTL when the holder dies. A holder that cannot
+confirm its lease closes the upstream connection before the lease could expire, so the upstream never sees two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import redis.asyncio
+import redis.exceptions
+
+from streaming.runtime.backoff import Backoff
+from streaming.conf import Upstream
+from streaming.exceptions import LeaseUnavailable, UpstreamError
+from streaming.runtime.lease import Lease, LossReason, hold
+from streaming.runtime.tasks import honouring_cancellation
+from streaming.relay.wire import (
+    KIND_ACK,
+    KIND_END,
+    KIND_FRAME,
+    KIND_HEARTBEAT,
+    RelayNames,
+    decode_request,
+    encode,
+    encode_request,
+    upstream_acks,
+)
+from streaming.relay.subscriptions import UpstreamSubscriptions
+from streaming.upstream.connection import UpstreamConnection
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 1.0
+LIVE_TTL_SECONDS = 3 * HEARTBEAT_SECONDS  # gateways may open a source while this key exists
+LEASE_POLL_SECONDS = 0.5  # how often a standby tries to take the lease
+RECONCILE_POLL_SECONDS = 1.0  # registrations are re-read at least this often (expired ones drop out)
+UPSTREAM_CLOSE_TIMEOUT_SECONDS = 1.0
+END_TIMEOUT_SECONDS = 1.0
+
+# The union of the items of every registered gateway source whose registration has not expired; sources whose
+# registration is gone are dropped from the index in the same atomic step, so a source re-registering concurrently
+# is never lost.
+WANTED_SCRIPT = """
+local ids = redis.call('smembers', KEYS[1])
+local keys = {}
+for _, id in ipairs(ids) do
+    local key = ARGV[1] .. id
+    if redis.call('exists', key) == 1 then
+        keys[#keys + 1] = key
+    else
+        redis.call('srem', KEYS[1], id)
+    end
+end
+if #keys == 0 then
+    return {}
+end
+return redis.call('sunion', unpack(keys))
+"""
+
+
+class RelayLease(Lease):
+    """Which relay holds a market's upstream connection: a `Lease` on the market's relay key, kept by
+    `streaming.runtime.lease.hold` and lost exactly as a connection lock is."""
+
+    def __init__(self, client: redis.asyncio.Redis, names: RelayNames, ttl: float) -> None:
+        super().__init__(client, names.lease, ttl)
+
+
+class Publisher:
+    """Numbers and publishes one epoch's envelopes; one at a time, so Redis delivers them in sequence order."""
+
+    def __init__(self, client: redis.asyncio.Redis, channel: str, epoch: int) -> None:
+        self.redis = client
+        self.channel = channel
+        self.epoch = epoch
+        self.seq = 0
+        self._lock = asyncio.Lock()
+
+    async def publish(self, kind: bytes, payload: bytes = b"") -> None:
+        async with self._lock:
+            self.seq += 1
+            await honouring_cancellation(self.redis.publish(self.channel, encode(self.epoch, self.seq, kind, payload)))
+
+
+class Registrations:
+    """Reads what the market's gateway processes registered (see `streaming.relay.source.Registration`)."""
+
+    def __init__(self, client: redis.asyncio.Redis, names: RelayNames) -> None:
+        self.names = names
+        self._script = client.register_script(WANTED_SCRIPT)
+
+    async def wanted(self) -> set[str]:
+        """Every item some live gateway source registered for the market."""
+        items = await honouring_cancellation(self._script(keys=[self.names.sources], args=[self.names.items_prefix]))
+        return {item.decode() for item in items}
+
+
+async def first_failure(*coroutines: Coroutine[Any, Any, None]) -> None:
+    """Run *coroutines* until one ends; cancel the others and re-raise what ended it."""
+    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        task.result()
+
+
+class RelaySession:
+    """One upstream connection of the active relay, published as one epoch."""
+
+    def __init__(self, market: str, names: RelayNames, client: redis.asyncio.Redis, connection: UpstreamConnection,
+                 epoch: int, grace_seconds: float) -> None:
+        self.market = market
+        self.names = names
+        self.redis = client
+        self.connection = connection
+        self.epoch = epoch
+        self.publisher = Publisher(client, names.frames, epoch)
+        self.registrations = Registrations(client, names)
+        self.subscriptions = UpstreamSubscriptions(grace_seconds)
+
+    async def run(self) -> None:
+        """Stream until the upstream or Redis fails (raises `UpstreamError` or `RedisError`), or until cancelled."""
+        requests = self.redis.pubsub()
+        try:
+            await honouring_cancellation(requests.subscribe(self.names.requests))
+            while await honouring_cancellation(requests.get_message(timeout=None)) is None:  # subscribed: no request is missed
+                pass
+            await self._announce()
+            await self._reconcile([])
+            logger.info("relay %s: streaming epoch %d (%d items)", self.market, self.epoch,
+                        len(self.subscriptions.subscribed))
+            await first_failure(self._pump(), self._beat(), self._serve(requests))
+        finally:
+            await asyncio.shield(_close_pubsub(requests))
+
+    async def end(self, reason: str) -> None:
+        """Tell the gateways this epoch is over (best effort: they also notice the silence or the next epoch)."""
+        try:
+            async with asyncio.timeout(END_TIMEOUT_SECONDS):
+                await self.publisher.publish(KIND_END, reason.encode())
+        except (redis.exceptions.RedisError, TimeoutError):
+            logger.warning("relay %s: could not publish the end of epoch %d", self.market, self.epoch)
+
+    async def _announce(self) -> None:
+        await honouring_cancellation(self.redis.set(self.names.live, self.epoch, px=round(LIVE_TTL_SECONDS * 1000)))
+
+    async def _pump(self) -> None:
+        async for frame in self.connection.frames():
+            data = frame
+            await self.publisher.publish(KIND_FRAME, data)
+            subscribed, unsubscribed = upstream_acks(data)
+            if subscribed or unsubscribed:
+                completed = self.subscriptions.answered(subscribed + unsubscribed)
+                for token, items in completed.items():
+                    await self.publisher.publish(KIND_ACK, encode_request(token, items).encode())
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            await self.publisher.publish(KIND_HEARTBEAT)
+            await self._announce()
+
+    async def _serve(self, requests: redis.asyncio.client.PubSub) -> None:
+        """Reconcile on every batch of gateway requests, and at least every `RECONCILE_POLL_SECONDS`."""
+        while True:
+            batch = []
+            message = await honouring_cancellation(
+                requests.get_message(ignore_subscribe_messages=True, timeout=RECONCILE_POLL_SECONDS)
+            )
+            while message is not None:
+                if message["type"] == "message":
+                    batch.append(message["data"].decode())
+                message = await honouring_cancellation(requests.get_message(ignore_subscribe_messages=True, timeout=0))
+            await self._reconcile(batch)
+
+    async def _reconcile(self, requests: list[str]) -> None:
+        wanted = await self.registrations.wanted()
+        added, removed = self.subscriptions.reconcile(wanted, time.monotonic())
+        if added:
+            await self.connection.subscribe(added)
+        if removed:
+            await self.connection.unsubscribe(removed)
+        if added or removed:
+            logger.info("relay %s: upstream +%d -%d items (now %d)", self.market, len(added), len(removed),
+                        len(self.subscriptions.subscribed))
+        for request in requests:
+            token, items = decode_request(request)
+            ready = self.subscriptions.request(token, items)
+            if ready:
+                await self.publisher.publish(KIND_ACK, encode_request(token, ready).encode())
+
+
+class FeedRelay:
+    """One relay process for one market: stands by until it holds the lease, then streams while it holds it."""
+
+    def __init__(self, market: str, upstream: Upstream, names: RelayNames, client: redis.asyncio.Redis,
+                 lease_ttl: float, grace_seconds: float) -> None:
+        self.market = market
+        self.upstream = upstream
+        self.names = names
+        self.redis = client
+        self.lease_ttl = lease_ttl
+        self.grace_seconds = grace_seconds
+        self.stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def run(self) -> None:
+        """Alternate between standing by and streaming until `stop`."""
+        while not self.stopping.is_set():
+            lease = RelayLease(self.redis, self.names, self.lease_ttl)
+            if await self._acquire(lease):
+                await self._lead(lease)
+
+    async def _acquire(self, lease: RelayLease) -> bool:
+        """Poll for the lease; True once held, False when stopping first."""
+        waiting_since = time.monotonic()
+        announced = False
+        while not self.stopping.is_set():
+            try:
+                if await lease.acquire():
+                    logger.info("relay %s: lease acquired after %.1f s: active", self.market,
+                                time.monotonic() - waiting_since)
+                    return True
+                if not announced:
+                    logger.info("relay %s: another relay holds the lease: standing by", self.market)
+                    announced = True
+            except LeaseUnavailable as error:
+                logger.warning("relay %s: cannot reach Redis for the lease: %s", self.market, error.__cause__)
+            await self._pause(LEASE_POLL_SECONDS)
+        return False
+
+    async def _lead(self, lease: RelayLease) -> None:
+        """Stream while the lease holds; stop streaming as soon as it is lost or the relay is stopped."""
+        lost = asyncio.Event()
+
+        async def on_lost(reason: LossReason) -> None:
+            logger.error("relay %s: lease %s: stopping the stream", self.market, reason.value)
+            lost.set()
+
+        try:
+            await first_failure(hold(lease, on_lost), self._stream(), self.stopping.wait())
+        finally:
+            if not lost.is_set():
+                await asyncio.shield(self._release(lease))
+
+    async def _release(self, lease: RelayLease) -> None:
+        try:
+            await lease.release()
+            logger.info("relay %s: lease released", self.market)
+        except LeaseUnavailable:
+            logger.warning("relay %s: lease not released (Redis unreachable); it expires by TTL", self.market)
+
+    async def _stream(self) -> None:
+        """Connect upstream and stream, reconnecting with backoff; each connection is a new epoch."""
+        backoff = Backoff()
+        while True:
+            await backoff.wait()
+            connected_at = time.monotonic()
+            try:
+                connection = await UpstreamConnection.open(self.upstream.url, self.upstream.api_key)
+            except UpstreamError as error:
+                logger.warning("relay %s: upstream unavailable: %s", self.market, error)
+                backoff.record_failure()
+                continue
+            reason = "relay stopped streaming"
+            session: RelaySession | None = None
+            try:
+                epoch = await honouring_cancellation(self.redis.incr(self.names.epoch))
+                session = RelaySession(self.market, self.names, self.redis, connection, epoch, self.grace_seconds)
+                await session.run()
+            except (UpstreamError, redis.exceptions.RedisError) as error:
+                reason = f"upstream feed unavailable: {error}"
+                logger.warning("relay %s: stream ended: %s", self.market, error)
+                backoff.record_failure(time.monotonic() - connected_at)
+            finally:
+                # The upstream connection first: a relay losing its lease must be off the feed before it expires.
+                await asyncio.shield(_close_upstream(connection))
+                if session is not None:
+                    await asyncio.shield(session.end(reason))
+
+    async def _pause(self, seconds: float) -> None:
+        try:
+            async with asyncio.timeout(seconds):
+                await self.stopping.wait()
+        except TimeoutError:
+            pass
+
+
+async def _close_upstream(connection: UpstreamConnection) -> None:
+    try:
+        async with asyncio.timeout(UPSTREAM_CLOSE_TIMEOUT_SECONDS):
+            await connection.close()
+    except TimeoutError:
+        logger.warning("relay: upstream did not answer the close in time")
+
+
+async def _close_pubsub(pubsub: redis.asyncio.client.PubSub) -> None:
+    try:
+        await pubsub.aclose()
+    except (redis.exceptions.RedisError, OSError):
+        logger.warning("relay: Redis subscription not closed cleanly")

@@ -1,0 +1,149 @@
+"""The outbox: frames leave in order, merged when they queued up, only while the socket drains, within the budget.
+
+The writer side is a stand-in with the interface of the shim's ``FlowControl`` (its real behaviour under daphne is
+tested in test_daphne_shim.py and end to end); here it records frames and lets a test stop and resume draining.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+
+from streaming.hub.index import MAX_FRAME_BYTES
+from streaming.gateway.outbox import Outbox
+
+
+class AsgiSink:
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.gate = asyncio.Event()
+
+    async def send(self, frame: bytes) -> None:
+        await self.gate.wait()
+        self.frames.append(frame)
+
+
+class Socket:
+    """What the outbox uses of ``FlowControl``."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.closed = False
+
+    def is_writable(self) -> bool:
+        return self._writable.is_set() and not self.closed
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+    async def wait_writable(self) -> None:
+        await self._writable.wait()
+
+    def write_text(self, frame: bytes) -> None:
+        self.written.append(frame)
+
+    def pause(self) -> None:
+        self._writable.clear()
+
+    def resume(self) -> None:
+        self._writable.set()
+
+
+async def never_called(frame: bytes) -> None:
+    raise AssertionError("the direct path must not use the ASGI send")
+
+
+async def turns(count: int = 10) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def test_asgi_path_sends_queued_frames_as_one_array_in_order():
+    sink = AsgiSink()
+    outbox = Outbox(sink.send, limit_bytes=10_000_000)
+    outbox.start()
+    outbox.put([b'[{"n":1}]'])
+    await asyncio.sleep(0)  # the writer takes the first frame and waits on the socket
+    outbox.put([b'[{"n":2}]', b'[{"n":3},{"n":4}]'])
+    outbox.put(['[{"ev":"status","message":"…"}]'.encode()])
+    sink.gate.set()
+    await turns()
+    outbox.stop()
+    assert sink.frames[0] == b'[{"n":1}]'
+    assert sink.frames[1:] == ['[{"n":2},{"n":3},{"n":4},{"ev":"status","message":"…"}]'.encode()]
+    assert outbox.queued_bytes == 0
+
+
+async def test_merged_frames_stay_under_the_frame_limit():
+    sink = AsgiSink()
+    outbox = Outbox(sink.send, limit_bytes=100_000_000)
+    big = b"[" + b",".join([b'{"pad":"' + b"x" * 1000 + b'"}'] * 400) + b"]"  # ~400 KB each
+    outbox.put([big] * 6)
+    sink.gate.set()
+    outbox.start()
+    await turns(20)
+    outbox.stop()
+    assert all(len(frame) < MAX_FRAME_BYTES for frame in sink.frames)
+    assert sum(len(orjson.loads(frame)) for frame in sink.frames) == 6 * 400
+    assert len(sink.frames) == 3
+
+
+async def test_direct_path_writes_once_per_turn_what_was_queued_in_it():
+    socket, sent = Socket(), []
+    outbox = Outbox(never_called, limit_bytes=10_000, flow_control=socket, on_sent=sent.append)
+    outbox.start()
+    outbox.put([b'[{"n":1}]'])
+    outbox.put([b'[{"n":2}]'])
+    assert socket.written == []  # nothing is written from inside the caller's turn
+    await asyncio.sleep(0)
+    assert socket.written == [b'[{"n":1},{"n":2}]'] and sent == socket.written
+    outbox.put([b'[{"n":3}]'])
+    await asyncio.sleep(0)
+    assert socket.written[1:] == [b'[{"n":3}]']
+    assert outbox.queued_bytes == 0
+
+
+async def test_direct_path_holds_frames_while_the_socket_does_not_drain():
+    socket = Socket()
+    outbox = Outbox(never_called, limit_bytes=100, flow_control=socket)
+    outbox.start()
+    socket.pause()
+    assert outbox.put([b'[{"n":1}]', b'[{"n":2}]'])
+    await turns()
+    assert socket.written == [] and outbox.queued_bytes == 18
+    assert not outbox.put([b"[" + b"x" * 90 + b"]"])  # over the budget: refused whole, nothing queued
+    assert outbox.queued_bytes == 18
+    socket.resume()
+    await turns()
+    assert socket.written == [b'[{"n":1},{"n":2}]'] and outbox.queued_bytes == 0
+
+
+async def outbox_holding_a_frame() -> tuple[Outbox, Socket]:
+    """A direct-path outbox with one frame queued behind a socket that stopped draining."""
+    socket = Socket()
+    outbox = Outbox(never_called, limit_bytes=100, flow_control=socket)
+    outbox.start()
+    socket.pause()
+    outbox.put([b'[{"n":1}]'])
+    await turns()
+    return outbox, socket
+
+
+async def test_direct_path_stop_drops_queued_frames_and_later_puts():
+    outbox, socket = await outbox_holding_a_frame()
+    outbox.stop()
+    socket.resume()
+    outbox.put([b'[{"n":2}]'])
+    await turns()
+    assert socket.written == [] and outbox.queued_bytes == 0
+
+
+async def test_direct_path_gives_up_when_the_socket_closes():
+    outbox, socket = await outbox_holding_a_frame()
+    socket.closed = True
+    socket.resume()
+    await turns()
+    assert socket.written == []
