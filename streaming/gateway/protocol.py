@@ -6,12 +6,12 @@ precise error message for a status event; nothing a client sends can raise past 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import orjson
 
 from streaming.codes import Action
+from streaming.gateway.symbols import SYMBOL_CHECKS
 from streaming.hub.index import WILDCARD, Subscription
 
 
@@ -20,7 +20,6 @@ EVENT_TYPES = {
     "options": ("T", "Q", "A", "AM"),
     "stocks": ("T", "Q", "A", "AM", "LULD", "NOI"),
 }
-SYMBOL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:/_\-]{0,39}")
 ECHO_LIMIT = 48  # how much of a client's bad input is quoted back
 MAX_ITEM_ERRORS = 10  # invalid items named per message; the rest are counted in one more error
 
@@ -94,9 +93,10 @@ def item_error(item: str, market: str) -> str | None:
         )
     if not symbol:
         return f"empty symbol in {echo(item)!r}"
-    if symbol != WILDCARD and not SYMBOL_PATTERN.fullmatch(symbol):
-        return f"invalid symbol in {echo(item)!r}"
-    return None
+    if symbol == WILDCARD:
+        return None
+    problem = SYMBOL_CHECKS[market](symbol)
+    return None if problem is None else f"invalid {market} symbol in {echo(item)!r}: {problem}"
 
 
 def parse_subscriptions(params: object, market: str) -> tuple[list[Subscription], list[str]]:
