@@ -61,7 +61,8 @@ class UpstreamHub:
         self.backoff = Backoff()
         self.connected = asyncio.Event()
         self._connection: FeedConnection | None = None
-        self._upstream_items: set[str] = set()
+        self._upstream_items: set[str] = set()  # what the upstream connection is subscribed to
+        self._changed: set[Subscription] = set()  # items whose demand changed since the last sync
         self._sync_lock = asyncio.Lock()
         self._runner: asyncio.Task | None = None
         self._background = BackgroundTasks()
@@ -102,6 +103,7 @@ class UpstreamHub:
         Raises UpstreamError when the upstream could not be opened or was lost meanwhile.
         """
         self._reserved.update(items)
+        self._changed.update(items)
         try:
             failures = self._failures
             self._ensure_running()
@@ -121,19 +123,24 @@ class UpstreamHub:
             if self._failures != failures or not self.connected.is_set():
                 raise UpstreamUnavailable(self._last_failure)
             acknowledge()
-            self.index.set_subscriptions(client, self.index.subscriptions_of(client) | set(items))
+            self.index.add(client, items)
         finally:
-            self._reserved.subtract(items)
-            self._reserved = +self._reserved  # drop zero counts
+            reserved = self._reserved
+            for item in items:
+                reserved[item] -= 1
+                if not reserved[item]:
+                    del reserved[item]
+                    self._changed.add(item)
 
     async def unsubscribe(self, client: Subscriber, items: list[Subscription]) -> None:
-        self.index.set_subscriptions(client, self.index.subscriptions_of(client) - set(items))
+        self._changed.update(self.index.discard(client, items))
         await self._sync_upstream()
 
     def detach(self, client: Subscriber) -> None:
         """Forget a leaving client; the upstream drops what nobody else needs."""
-        if self.index.subscriptions_of(client):
-            self.index.remove(client)
+        unneeded = self.index.remove(client)
+        if unneeded:
+            self._changed.update(unneeded)
             self._background.spawn(self._sync_upstream())
 
     # --- upstream side --------------------------------------------------------------------------------------------
@@ -163,6 +170,7 @@ class UpstreamHub:
                 connected_at = time.monotonic()
                 logger.info("upstream %s connected", self.market)
                 self._upstream_items = set()
+                self._changed = set(self.index.upstream_items()) | self._reserved.keys()
                 self.connected.set()
                 metrics.upstream_state(self.market, True)
                 self._announce_state_change()
@@ -253,14 +261,26 @@ class UpstreamHub:
             await connection.close()
 
     async def _sync_upstream(self) -> None:
-        """Make the upstream's subscriptions equal to what the clients hold: add first, then remove."""
+        """Make the upstream's subscriptions equal to what the clients hold: add first, then remove.
+
+        Only the items whose demand changed since the last sync are looked at, so a change costs in proportion to
+        its size, whatever the market holds (a new connection starts from everything its clients need).
+        """
         async with self._sync_lock:
             connection = self._connection
             if connection is None or not self.connected.is_set():
                 return
-            wanted = {str(item) for item in self.index.upstream_items() | self._reserved.keys()}
-            added = wanted - self._upstream_items
-            removed = self._upstream_items - wanted
+            changed, self._changed = self._changed, set()
+            needed, reserved, upstream = self.index.upstream_items(), self._reserved, self._upstream_items
+            added: set[str] = set()
+            removed: set[str] = set()
+            for item in changed:
+                text = str(item)
+                if item in needed or item in reserved:
+                    if text not in upstream:
+                        added.add(text)
+                elif text in upstream:
+                    removed.add(text)
             try:
                 if added:
                     loop = asyncio.get_running_loop()
@@ -271,6 +291,7 @@ class UpstreamHub:
                     await connection.unsubscribe(removed)
                     self._upstream_items -= removed
             except UpstreamError as error:
+                self._changed |= changed  # looked at again by the next sync (or the next connection)
                 logger.warning("upstream %s: subscription update failed: %s", self.market, error)
 
     def _fail_clients(self, message: str) -> None:
@@ -332,12 +353,10 @@ class UpstreamHub:
                 if future is not None and not future.done():
                     future.set_result(True)
             return
-        concerned = [
-            client
-            for item_text in self._upstream_items
-            if message.endswith(item_text)
-            for client in self.index.clients_of(Subscription(*item_text.split(".", 1)))
-        ] or self.index.clients()
+        named = message.rpartition(" ")[2]  # the feed names an item last: "... not found: T.AAPL"
+        concerned = (
+            self.index.clients_of(Subscription(*named.split(".", 1))) if named in self._upstream_items else []
+        ) or self.index.clients()
         frame = orjson.dumps([event])
         for client in dict.fromkeys(concerned):
             client.deliver([frame])

@@ -9,6 +9,7 @@ group with a wildcard is never indexed under that event type's symbols, so nobod
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 
@@ -34,26 +35,47 @@ class Subscription:
 
 @dataclass(eq=False, slots=True)
 class Group:
-    """The clients subscribed to exactly ``items``, and the events routed to them from the current frame."""
+    """The clients subscribed to exactly ``items``, and the events routed to them from the current frame.
 
-    items: frozenset[Subscription]
+    ``key`` is an order-independent sum of the items' hashes, kept up to date item by item, so that a group can be
+    found by its items, and change its items, without hashing the whole set again.
+    """
+
+    items: set[Subscription] = field(default_factory=set)
+    key: int = 0
     members: set[Hashable] = field(default_factory=set)
     batch: list[bytes] = field(default_factory=list)
+    wildcard_types: set[str] = field(default_factory=set)
+
+
+def _item_key(item: Subscription) -> int:
+    return hash(item) & KEY_MASK
+
+
+KEY_MASK = (1 << 64) - 1
 
 
 class SubscriptionIndex:
-    """Subscriptions of every client of one market, indexed for routing."""
+    """Subscriptions of every client of one market, indexed for routing.
+
+    Changing a client's subscriptions costs in proportion to the change, not to what the client or the market
+    already holds: a client alone in its group changes the group in place; a client leaving a shared group takes a
+    copy once. ``add`` and ``discard`` return the items whose reference count went from zero to one or back, which
+    is all the upstream needs to hear about.
+    """
 
     def __init__(self) -> None:
         self._group_of: dict[Hashable, Group] = {}
-        self._groups: dict[frozenset[Subscription], Group] = {}
+        self._groups: dict[int, list[Group]] = {}
         self._wildcard_groups: dict[str, set[Group]] = {}
         self._symbol_groups: dict[tuple[str, str], set[Group]] = {}
         self._item_counts: dict[Subscription, int] = {}
+        self._group_count = 0
 
     # --- subscriptions --------------------------------------------------------------------------------------------
 
-    def subscriptions_of(self, client: Hashable) -> frozenset[Subscription]:
+    def subscriptions_of(self, client: Hashable) -> AbstractSet[Subscription]:
+        """The client's items (a live view: do not modify it)."""
         group = self._group_of.get(client)
         return group.items if group is not None else frozenset()
 
@@ -61,7 +83,7 @@ class SubscriptionIndex:
         return list(self._group_of)
 
     def group_count(self) -> int:
-        return len(self._groups)
+        return self._group_count
 
     def groups_taking_all(self, event_types: Iterable[str]) -> list[Group]:
         """The groups holding the wildcard of each of *event_types*: they take every event of such a frame."""
@@ -77,65 +99,157 @@ class SubscriptionIndex:
 
     def clients_of(self, item: Subscription) -> list[Hashable]:
         """Clients whose subscriptions deliver *item*'s events (the item itself or its event type's wildcard)."""
-        wildcard = Subscription(item.event_type, WILDCARD)
-        return [client for client, group in self._group_of.items() if item in group.items or wildcard in group.items]
+        groups = set(self._wildcard_groups.get(item.event_type, ()))
+        if not item.is_wildcard:
+            groups |= self._symbol_groups.get((item.event_type, item.symbol), set())
+        return [client for group in groups for client in group.members]
 
-    def upstream_items(self) -> set[Subscription]:
-        """Every item some client holds: what the upstream must be subscribed to."""
-        return set(self._item_counts)
+    def upstream_items(self) -> AbstractSet[Subscription]:
+        """Every item some client holds: what the upstream must be subscribed to (a live view)."""
+        return self._item_counts.keys()
+
+    def add(self, client: Hashable, items: Iterable[Subscription]) -> list[Subscription]:
+        """Add *items* to *client*'s subscriptions; returns those no client held before."""
+        group = self._group_of.get(client)
+        new = [item for item in dict.fromkeys(items) if group is None or item not in group.items]
+        if not new:
+            return []
+        group = self._own_group(client, group)
+        for item in new:
+            self._add_item(group, item)
+        self._settle(client, group)
+        return self._count(new, 1)
+
+    def discard(self, client: Hashable, items: Iterable[Subscription]) -> list[Subscription]:
+        """Remove *items* from *client*'s subscriptions; returns those no client holds any more."""
+        group = self._group_of.get(client)
+        if group is None:
+            return []
+        gone = [item for item in dict.fromkeys(items) if item in group.items]
+        if not gone:
+            return []
+        if len(gone) == len(group.items):
+            return self.remove(client)
+        group = self._own_group(client, group)
+        for item in gone:
+            self._discard_item(group, item)
+        self._settle(client, group)
+        return self._count(gone, -1)
+
+    def remove(self, client: Hashable) -> list[Subscription]:
+        """Forget *client*; returns the items no client holds any more."""
+        group = self._group_of.pop(client, None)
+        if group is None:
+            return []
+        group.members.discard(client)
+        if not group.members:
+            self._drop_group(group)
+        return self._count(group.items, -1)
 
     def set_subscriptions(self, client: Hashable, items: Iterable[Subscription]) -> None:
         """Replace *client*'s subscriptions (an empty set removes the client)."""
-        new_items = frozenset(items)
-        old = self._group_of.pop(client, None)
-        if old is not None:
-            self._leave(client, old)
-        if new_items:
-            group = self._groups.get(new_items)
-            if group is None:
-                group = self._create_group(new_items)
-            group.members.add(client)
-            self._group_of[client] = group
-            for item in new_items:
-                self._item_counts[item] = self._item_counts.get(item, 0) + 1
+        wanted = set(items)
+        held = self.subscriptions_of(client)
+        self.discard(client, [item for item in held if item not in wanted])
+        self.add(client, [item for item in wanted if item not in held])
 
-    def remove(self, client: Hashable) -> None:
-        self.set_subscriptions(client, ())
-
-    def _leave(self, client: Hashable, group: Group) -> None:
-        group.members.discard(client)
-        for item in group.items:
-            remaining = self._item_counts[item] - 1
-            if remaining:
-                self._item_counts[item] = remaining
-            else:
-                del self._item_counts[item]
-        if not group.members:
-            self._drop_group(group)
-
-    def _create_group(self, items: frozenset[Subscription]) -> Group:
-        group = Group(items)
-        self._groups[items] = group
-        wildcard_types = {item.event_type for item in items if item.is_wildcard}
+    def _count(self, items: Iterable[Subscription], change: int) -> list[Subscription]:
+        """Apply *change* to each item's reference count; the items whose count left or reached zero."""
+        counts = self._item_counts
+        edges = []
         for item in items:
-            if item.is_wildcard:
-                self._wildcard_groups.setdefault(item.event_type, set()).add(group)
-            elif item.event_type not in wildcard_types:
-                self._symbol_groups.setdefault((item.event_type, item.symbol), set()).add(group)
-        return group
+            count = counts.get(item, 0) + change
+            if count:
+                counts[item] = count
+                if count == 1 and change > 0:
+                    edges.append(item)
+            else:
+                del counts[item]
+                edges.append(item)
+        return edges
+
+    def _own_group(self, client: Hashable, group: Group | None) -> Group:
+        """A group that *client* is the only member of, to change in place: its own, or a copy it leaves with."""
+        if group is not None and len(group.members) == 1:
+            self._unfile(group)
+            return group
+        mine = Group()
+        if group is not None:
+            group.members.discard(client)
+            for item in group.items:
+                self._add_item(mine, item)
+        mine.members.add(client)
+        self._group_of[client] = mine
+        return mine
+
+    def _settle(self, client: Hashable, group: Group) -> None:
+        """File a changed group under its new key, or move its one client into an equal group that exists."""
+        for existing in self._groups.get(group.key, ()):
+            if existing.items == group.items:
+                self._drop_indexes(group)
+                existing.members.add(client)
+                self._group_of[client] = existing
+                return
+        self._groups.setdefault(group.key, []).append(group)
+        self._group_count += 1
+
+    def _unfile(self, group: Group) -> None:
+        groups = self._groups.get(group.key)
+        if groups is not None and group in groups:
+            groups.remove(group)
+            self._group_count -= 1
+            if not groups:
+                del self._groups[group.key]
+
+    def _add_item(self, group: Group, item: Subscription) -> None:
+        group.items.add(item)
+        group.key = (group.key + _item_key(item)) & KEY_MASK
+        if item.is_wildcard:
+            group.wildcard_types.add(item.event_type)
+            self._wildcard_groups.setdefault(item.event_type, set()).add(group)
+            for held in group.items:  # its symbols of that type are now covered by the wildcard
+                if held.event_type == item.event_type and not held.is_wildcard:
+                    self._unindex_symbol(group, held)
+        elif item.event_type not in group.wildcard_types:
+            self._symbol_groups.setdefault((item.event_type, item.symbol), set()).add(group)
+
+    def _discard_item(self, group: Group, item: Subscription) -> None:
+        group.items.discard(item)
+        group.key = (group.key - _item_key(item)) & KEY_MASK
+        if item.is_wildcard:
+            group.wildcard_types.discard(item.event_type)
+            self._unindex_wildcard(group, item.event_type)
+            for held in group.items:  # its symbols of that type are routed one by one again
+                if held.event_type == item.event_type:
+                    self._symbol_groups.setdefault((held.event_type, held.symbol), set()).add(group)
+        elif item.event_type not in group.wildcard_types:
+            self._unindex_symbol(group, item)
 
     def _drop_group(self, group: Group) -> None:
-        del self._groups[group.items]
+        self._unfile(group)
+        self._drop_indexes(group)
+
+    def _drop_indexes(self, group: Group) -> None:
+        for event_type in group.wildcard_types:
+            self._unindex_wildcard(group, event_type)
         for item in group.items:
-            index, key = (
-                (self._wildcard_groups, item.event_type) if item.is_wildcard
-                else (self._symbol_groups, (item.event_type, item.symbol))
-            )
-            groups = index.get(key)
-            if groups is not None:
-                groups.discard(group)
-                if not groups:
-                    del index[key]
+            if not item.is_wildcard and item.event_type not in group.wildcard_types:
+                self._unindex_symbol(group, item)
+
+    def _unindex_wildcard(self, group: Group, event_type: str) -> None:
+        groups = self._wildcard_groups.get(event_type)
+        if groups is not None:
+            groups.discard(group)
+            if not groups:
+                del self._wildcard_groups[event_type]
+
+    def _unindex_symbol(self, group: Group, item: Subscription) -> None:
+        key = (item.event_type, item.symbol)
+        groups = self._symbol_groups.get(key)
+        if groups is not None:
+            groups.discard(group)
+            if not groups:
+                del self._symbol_groups[key]
 
     # --- routing --------------------------------------------------------------------------------------------------
 

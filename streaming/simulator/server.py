@@ -50,6 +50,8 @@ DEFAULT_AUTH_TIMEOUT_SECONDS = 10.0
 CLOSE_TIMEOUT_SECONDS = 2.0
 # The pacer holds a cluster's generation while any of its connections has this much queued and unsent.
 BACKLOG_HIGH_WATER_BYTES = 4_000_000
+MAX_CLIENT_MESSAGE_BYTES = 64 * 1024
+"""Like the feed, a message over this closes the connection (1009): the gateway must send large changes in parts."""
 
 REASON_AUTH_FAILED = "authentication failed"
 REASON_AUTH_TIMEOUT = "authentication timeout"
@@ -240,6 +242,7 @@ class FeedSimulator:
             self.port,
             process_request=self._route,
             compression=None,
+            max_size=MAX_CLIENT_MESSAGE_BYTES,
             close_timeout=CLOSE_TIMEOUT_SECONDS,
         )
         return self._server

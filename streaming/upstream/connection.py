@@ -8,7 +8,7 @@ Opening it performs the feed's own handshake: read ``connected``, send ``{"actio
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
@@ -21,6 +21,25 @@ OPEN_TIMEOUT_SECONDS = 10.0
 PING_INTERVAL_SECONDS = 20.0
 PING_TIMEOUT_SECONDS = 20.0
 MAX_FRAME_BYTES = 16 * 1024 * 1024
+MAX_ACTION_PARAMS_BYTES = 8 * 1024
+"""Items per subscribe or unsubscribe message sent upstream, in bytes of ``params``: the feed refuses (and closes
+on) client messages over 64 KiB, and a change of many items goes as several messages well under that."""
+
+
+def action_params(items: list[str], limit: int = MAX_ACTION_PARAMS_BYTES) -> Iterator[str]:
+    """*items* comma-joined in order, cut into strings of at most *limit* bytes (an item longer than that alone)."""
+    chunk: list[str] = []
+    size = 0
+    for item in items:
+        added = len(item.encode()) + (1 if chunk else 0)
+        if chunk and size + added > limit:
+            yield ",".join(chunk)
+            chunk, size = [], 0
+            added = len(item.encode())
+        chunk.append(item)
+        size += added
+    if chunk:
+        yield ",".join(chunk)
 
 
 def _statuses(frame: str | bytes) -> list[dict]:
@@ -81,12 +100,12 @@ class UpstreamConnection:
         await self._send_action(Action.UNSUBSCRIBE, items)
 
     async def _send_action(self, action: Action, items: Iterable[str]) -> None:
-        params = ",".join(sorted(items))
-        if params:
-            try:
+        """Send *action* for *items*, in as many messages as it takes to keep each under ``MAX_ACTION_BYTES``."""
+        try:
+            for params in action_params(sorted(items)):
                 await self._websocket.send(orjson.dumps({"action": action, "params": params}).decode())
-            except ConnectionClosed:
-                raise UpstreamUnavailable("upstream connection lost") from None
+        except ConnectionClosed:
+            raise UpstreamUnavailable("upstream connection lost") from None
 
     async def frames(self) -> AsyncIterator[bytes]:
         """Every frame, undecoded, until the connection ends; raises UpstreamUnavailable when it ends (it never

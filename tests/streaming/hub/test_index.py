@@ -1,4 +1,6 @@
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streaming.hub.index import MAX_FRAME_BYTES, Subscription, SubscriptionIndex, encode_frames
 
@@ -79,3 +81,83 @@ def test_frames_stay_under_the_limit_and_keep_order():
 def test_small_batches_make_one_frame():
     assert encode_frames([b'{"a":1}', b'{"b":2}']) == [b'[{"a":1},{"b":2}]']
     assert encode_frames([b'{"a":1}', b'{"b":2}'], limit=12) == [b'[{"a":1}]', b'[{"b":2}]']
+
+
+# --- the index against a plain model: a dict of each client's set, matched naively ------------------------------
+
+ITEMS = [Subscription(ev, sym) for ev in ("T", "Q") for sym in ("*", "AAPL", "MSFT", "BRK.B")]
+CLIENTS = ["a", "b", "c"]
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["add", "discard", "remove", "set"]),
+        st.sampled_from(CLIENTS),
+        st.sets(st.sampled_from(ITEMS), max_size=5),
+    ),
+    max_size=40,
+)
+
+
+def naive_routing(model: dict[str, set[Subscription]], events) -> dict[str, list[bytes]]:
+    result: dict[str, list[bytes]] = {}
+    for client, held in model.items():
+        taken = [encoded for ev, sym, encoded in events
+                 if Subscription(ev, sym) in held or Subscription(ev, "*") in held]
+        if taken:
+            result[client] = taken
+    return result
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(operations)
+def test_any_sequence_of_changes_routes_like_the_plain_model(steps):
+    index = SubscriptionIndex()
+    model: dict[str, set[Subscription]] = {}
+    for operation, client, chosen in steps:
+        before = {item for held in model.values() for item in held}
+        held = model.setdefault(client, set())
+        if operation == "add":
+            edges = index.add(client, chosen)
+            held |= chosen
+        elif operation == "discard":
+            edges = index.discard(client, chosen)
+            held -= chosen
+        elif operation == "remove":
+            edges = index.remove(client)
+            held.clear()
+        else:
+            index.set_subscriptions(client, chosen)
+            held.clear()
+            held |= chosen
+            edges = None
+        if not held:
+            del model[client]
+        after = {item for held in model.values() for item in held}
+        if edges is not None:
+            assert set(edges) == (after - before if operation == "add" else before - after)
+            assert len(edges) == len(set(edges))
+        assert index.upstream_items() == after
+        assert {client: set(index.subscriptions_of(client)) for client in index.clients()} == model
+        assert index.group_count() == len({frozenset(held) for held in model.values()})
+        for item in ITEMS:
+            assert sorted(index.clients_of(item)) == sorted(
+                client for client, held in model.items() if item in held or Subscription(item.event_type, "*") in held
+            )
+    events = [event(ev, sym, n) for n, (ev, sym) in enumerate(
+        [("T", "AAPL"), ("Q", "MSFT"), ("T", "BRK.B"), ("Q", "AAPL"), ("T", "ZZZ")]
+    )]
+    assert routed(index, events) == naive_routing(model, events)
+
+
+def test_a_change_to_a_large_subscription_costs_the_change_not_the_set():
+    """A client alone in its group changes it in place: adding one item to 50,000 must not copy the 50,000."""
+    index = SubscriptionIndex()
+    large = {Subscription("T", f"S{n}") for n in range(50_000)}
+    index.add("big", large)
+    group = index.route([event("T", "S1")])[0]
+    group.batch = []
+    assert index.add("big", [Subscription("T", "NEW")]) == [Subscription("T", "NEW")]
+    assert index.route([event("T", "NEW")]) == [group]  # the same group object, changed in place
+    group.batch = []
+    assert index.discard("big", [Subscription("T", "S7")]) == [Subscription("T", "S7")]
+    assert index.route([event("T", "S7")]) == []
+    assert index.route([event("T", "S8")]) == [group]

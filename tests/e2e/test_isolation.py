@@ -1,0 +1,73 @@
+"""One customer cannot degrade or disconnect another (issue: tenant isolation), through a real daphne process.
+
+Each test plays an attacker (a user of its own, connecting from 127.0.0.2 and up) next to a victim (another user,
+from 127.0.0.1) streaming from the same gateway process and the same upstream connection, and checks what the
+victim sees. Figures under load are in BENCHMARKS.md; these tests assert outcomes, never timings.
+"""
+
+from __future__ import annotations
+
+import itertools
+import string
+
+import orjson
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from tests.accounts.factories import make_key, make_user
+from tests.e2e.clients import bearer, expect_statuses
+from tests.e2e.test_streaming import Client
+
+pytestmark = pytest.mark.e2e
+
+VICTIM_ADDRESS = "127.0.0.1"
+ATTACKER_ADDRESS = "127.0.0.2"
+
+
+def made_up_tickers(count: int) -> list[str]:
+    """*count* distinct, well-formed tickers that no market lists (``XAAAA``, ``XAAAB``, ...)."""
+    letters = itertools.product(string.ascii_uppercase, repeat=4)
+    return ["X" + "".join(next(letters)) for _ in range(count)]
+
+
+async def open_from(gateway, key: str, market: str, address: str) -> ClientConnection:
+    websocket = await connect(
+        gateway.url(f"/v1/ws/{market}/"), additional_headers=bearer(key), max_size=None, local_addr=(address, 0)
+    )
+    await expect_statuses(websocket, "connected", "auth_success")
+    return websocket
+
+
+@pytest.fixture
+def victim_key(transactional_db) -> str:
+    return make_key(make_user("victim", plans={"stocks": "expert"}), "stocks")[1]
+
+
+@pytest.fixture
+def attacker_key(transactional_db) -> str:
+    return make_key(make_user("attacker", plans={"stocks": "commercial"}), "stocks")[1]
+
+
+async def test_dropping_twenty_thousand_items_reaches_the_upstream_in_parts_and_the_neighbour_streams_on(
+    streaming_gateway, simulator, victim_key, attacker_key
+):
+    """The feed closes a connection on a message over 64 KiB (the simulator too): a client leaving with 20,000
+    items once made the gateway send one 160 KB unsubscribe, and every client of the market got 1011."""
+    victim = Client(await open_from(streaming_gateway, victim_key, "stocks", VICTIM_ADDRESS))
+    await victim.subscribe("T.AAPL")
+    attacker = Client(await open_from(streaming_gateway, attacker_key, "stocks", ATTACKER_ADDRESS))
+    tickers = made_up_tickers(20_000)
+    for start in range(0, len(tickers), 5_000):
+        params = ",".join(f"T.{ticker}" for ticker in tickers[start:start + 5_000])
+        assert len(orjson.dumps({"action": "subscribe", "params": params})) < 64 * 1024
+        acks = await attacker.subscribe(params)
+        assert {ack["status"] for ack in acks} == {"success"}
+    await simulator.wait_for(lambda: len(simulator.subscriptions("stocks")) == 20_001)
+    await attacker.websocket.close()
+    await simulator.wait_for(lambda: simulator.subscriptions("stocks") == {"T.AAPL"}, timeout=10)
+
+    simulator.start_recording("stocks")
+    await simulator.send_events("stocks", [{"ev": "T", "sym": "AAPL", "p": 1.5, "s": 10, "t": 1, "q": 1}])
+    assert await victim.read_data(1) == simulator.recorded("stocks")
+    assert simulator.connections_opened("stocks") == 1  # the upstream connection was never dropped
+    assert victim.websocket.close_code is None
