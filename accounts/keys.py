@@ -35,6 +35,7 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from accounts.models import ApiKey, Plan, Product
+from accounts.plan_catalogue import DEFAULT_MAX_SUBSCRIPTIONS
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -84,7 +85,7 @@ class Entitlement:
     product: str
     plan: str
     websocket_access: bool
-    max_subscriptions: int | None
+    max_subscriptions: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +121,13 @@ def secret_matches(secret: str, stored_hash: str) -> bool:
     return hmac.compare_digest(hash_secret(secret), stored_hash)
 
 
+CACHE_KEY_VERSION = 2
+"""Bumped when the cached record changes shape (2: every plan has a ``max_subscriptions``): older entries are then
+never read, and expire by their TTL."""
+
+
 def cache_key(prefix: str) -> str:
-    return f"apikey:{prefix}"
+    return f"apikey:v{CACHE_KEY_VERSION}:{prefix}"
 
 
 def forget(prefixes: list[str]) -> None:
@@ -142,8 +148,7 @@ PLAN_FIELDS = ("slug", "websocket_access", "max_subscriptions")
 
 def _load_record(prefix: str) -> dict | None:
     """One indexed query: the key, its user's state and the plan of the key's product, i.e. of the user's tier for
-    that product (joined), or Free when there is no tier. A tier's plan counts as it is, unlimited
-    ``max_subscriptions`` (NULL) included.
+    that product (joined), or Free when there is no tier.
 
     The Free plan's fields come as raw scalar subqueries: the ORM's own expressions for them (Case, Coalesce,
     Subquery) cost more to build and compile than the query costs to run, on every cold admission.
@@ -170,7 +175,9 @@ def _load_record(prefix: str) -> dict | None:
     plan = tier_plan if has_tier else free_plan
     row["plan_slug"] = plan["slug"] or Plan.FREE  # no Free plan row at all: Free's defaults
     row["plan_websocket_access"] = bool(plan["websocket_access"])
-    row["plan_max_subscriptions"] = plan["max_subscriptions"]
+    row["plan_max_subscriptions"] = (
+        plan["max_subscriptions"] if plan["max_subscriptions"] is not None else DEFAULT_MAX_SUBSCRIPTIONS
+    )
     return row
 
 

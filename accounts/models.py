@@ -11,6 +11,8 @@ from django.contrib.auth.models import AbstractUser
 from django.db import models
 from django.utils import timezone
 
+from accounts.plan_catalogue import DEFAULT_MAX_SUBSCRIPTIONS
+
 
 class Product(models.TextChoices):
     STOCKS = "stocks", "Stocks"
@@ -39,7 +41,8 @@ class Plan(models.Model):
         max_digits=8, decimal_places=2, null=True, blank=True, help_text="Per month, billed yearly."
     )
     max_subscriptions = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Subscription items per connection; empty means unlimited."
+        default=DEFAULT_MAX_SUBSCRIPTIONS,
+        help_text="Subscription items one connection may hold; the gateway refuses items beyond it.",
     )
     sort_order = models.PositiveSmallIntegerField(default=0)
 

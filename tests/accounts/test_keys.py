@@ -81,7 +81,7 @@ def test_valid_key_resolves_to_user_product_and_plan():
         product="options",
         plan="expert",
         websocket_access=True,
-        max_subscriptions=None,
+        max_subscriptions=1_000,
     )
     _, stocks_raw = make_key(user, "stocks")
     stocks = resolve_key(stocks_raw)
@@ -219,7 +219,7 @@ class TestCacheInvalidation:
     def test_plan_edited(self):
         user = make_user(plans={"options": "expert"})
         _, raw = make_key(user)
-        assert resolve_key(raw).max_subscriptions is None
+        assert resolve_key(raw).max_subscriptions == 1_000
         plan = Plan.objects.get(slug="expert")
         plan.max_subscriptions = 25
         plan.websocket_access = False
@@ -236,12 +236,11 @@ class TestCacheInvalidation:
         assert resolve_key(raw).websocket_access
 
 
-def test_an_unlimited_tier_is_not_capped_by_the_free_plan():
+def test_a_tier_has_its_own_cap_and_only_tierless_users_get_the_free_plans():
     Plan.objects.filter(slug=Plan.FREE).update(max_subscriptions=5)
-    unlimited = make_user("unlimited", plans={"options": "expert"})
-    assert Plan.objects.get(slug="expert").max_subscriptions is None
-    entitlement = resolve_key(make_key(unlimited)[1])
-    assert entitlement.plan == "expert" and entitlement.max_subscriptions is None
+    expert = make_user("expert", plans={"options": "expert"})
+    entitlement = resolve_key(make_key(expert)[1])
+    assert entitlement.plan == "expert" and entitlement.max_subscriptions == 1_000
     tierless = make_user("tierless")
     entitlement = resolve_key(make_key(tierless)[1])
     assert entitlement.plan == Plan.FREE and entitlement.max_subscriptions == 5

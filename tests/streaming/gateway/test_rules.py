@@ -8,7 +8,7 @@ from streaming.gateway.rules import Rule, decide, reject
 def entitlement(product="options", websocket_access=True, plan="expert") -> Entitlement:
     return Entitlement(
         user_id=1, key_id=1, key_prefix="cmo_x", product=product, plan=plan,
-        websocket_access=websocket_access, max_subscriptions=None,
+        websocket_access=websocket_access, max_subscriptions=1_000,
     )
 
 
