@@ -14,6 +14,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from accounts.models import Plan
 from tests.accounts.factories import make_key, make_user
 from tests.e2e.clients import bearer, expect_statuses
 from tests.e2e.test_streaming import Client
@@ -45,7 +46,10 @@ def victim_key(transactional_db) -> str:
 
 @pytest.fixture
 def attacker_key(transactional_db) -> str:
-    return make_key(make_user("attacker", plans={"stocks": "commercial"}), "stocks")[1]
+    """A Commercial user whose plan an operator raised to 20,000 items per connection."""
+    attacker = make_user("attacker", plans={"stocks": "commercial"})
+    Plan.objects.filter(slug=Plan.COMMERCIAL).update(max_subscriptions=20_000)
+    return make_key(attacker, "stocks")[1]
 
 
 async def test_dropping_twenty_thousand_items_reaches_the_upstream_in_parts_and_the_neighbour_streams_on(
