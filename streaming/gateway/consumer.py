@@ -39,7 +39,7 @@ from streaming.gateway.key_usage import KeyUsage
 from streaming.runtime.lease import LossReason, hold
 from streaming.runtime.lock import ConnectionLock, local_locks
 from streaming.gateway.outbox import Outbox
-from streaming.gateway.ratelimit import TokenBucket
+from streaming.runtime.ratelimit import TokenBucket
 from streaming.runtime.redis_client import redis_client
 from streaming.runtime.tasks import BackgroundTasks
 

@@ -1,4 +1,4 @@
-"""A token bucket for client messages, so that one client's flood costs the gateway a bounded amount of work."""
+"""A token bucket, so that what one client sends (messages, items, pings) costs the gateway a bounded amount of work."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 
 class TokenBucket:
-    """Allows ``rate`` messages per second on average, bursts of up to ``burst``."""
+    """Allows ``rate`` units per second on average, bursts of up to ``burst``."""
 
     def __init__(self, rate: float, burst: int) -> None:
         self.rate = rate
@@ -14,11 +14,12 @@ class TokenBucket:
         self._tokens = float(burst)
         self._updated = time.monotonic()
 
-    def take(self) -> bool:
+    def take(self, count: int = 1) -> bool:
+        """Spend *count* units if the bucket holds them all; otherwise spend nothing and return False."""
         now = time.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
         self._updated = now
-        if self._tokens >= 1:
-            self._tokens -= 1
+        if self._tokens >= count:
+            self._tokens -= count
             return True
         return False
