@@ -43,6 +43,8 @@ class StreamSettings:
     client_message_rate: float
     client_message_burst: int
     client_refusals_before_close: int
+    client_ping_rate: float
+    client_ping_burst: int
     fanout: str
     relay_prefix: str
     relay_registration_ttl: float
@@ -79,6 +81,8 @@ def stream_settings() -> StreamSettings:
         client_message_rate=settings.STREAM_CLIENT_MESSAGE_RATE,
         client_message_burst=settings.STREAM_CLIENT_MESSAGE_BURST,
         client_refusals_before_close=settings.STREAM_CLIENT_REFUSALS_BEFORE_CLOSE,
+        client_ping_rate=settings.STREAM_CLIENT_PING_RATE,
+        client_ping_burst=settings.STREAM_CLIENT_PING_BURST,
         fanout=settings.STREAM_FANOUT,
         relay_prefix=settings.STREAM_RELAY_PREFIX,
         relay_registration_ttl=settings.STREAM_RELAY_REGISTRATION_TTL,

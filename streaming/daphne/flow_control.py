@@ -18,6 +18,8 @@ FLOW_CONTROL_EXTENSION = "cutemarkets.flow_control"
 TEXT_FRAME_FIRST_BYTE = 0x81
 """FIN set, no RSV bits, opcode 1 (text)."""
 
+_PROTOCOL_ATTRIBUTE = "_cutemarkets_flow_control"
+
 
 class FlowControl:
     """Whether one daphne WebSocket connection's socket is draining, and a direct way to write text frames to it.
@@ -36,6 +38,7 @@ class FlowControl:
         self._writable = asyncio.Event()
         self._writable.set()
         self._closed = False
+        self._pending_pong: bytes | None = None
         transport = self._socket_transport()
         # Direct socket writes only when the protocol writes to the TCP transport itself (no TLS layer between).
         self._direct = transport if transport is protocol.transport and hasattr(transport, "socket") else None
@@ -52,7 +55,13 @@ class FlowControl:
         protocol.transport.unregisterProducer()
         protocol.transport.registerProducer(flow_control, True)
         protocol.is_closed.addBoth(flow_control._on_protocol_closed)
+        setattr(protocol, _PROTOCOL_ATTRIBUTE, flow_control)
         return flow_control
+
+    @staticmethod
+    def of(protocol: Any) -> FlowControl | None:
+        """The ``FlowControl`` attached to *protocol*, if any."""
+        return getattr(protocol, _PROTOCOL_ATTRIBUTE, None)
 
     def is_writable(self) -> bool:
         """False while the transport's unsent bytes are over the high-water mark, and once the connection is closed."""
@@ -107,6 +116,15 @@ class FlowControl:
         elif sent < len(header) + len(payload):
             transport.write(payload[sent - len(header):])
 
+    def pong(self, payload: bytes) -> None:
+        """Answer a ping now if the socket drains; while it does not, keep only the latest ping's payload and answer
+        that one once it drains (RFC 6455 allows answering only the most recent ping). A client that pings without
+        reading thus costs at most one pending pong, instead of a pong per ping in Twisted's buffer."""
+        if self.is_writable():
+            self._protocol.sendPong(payload)
+        else:
+            self._pending_pong = payload
+
     # Twisted IPushProducer, called by the transport.
 
     def pauseProducing(self) -> None:
@@ -115,6 +133,9 @@ class FlowControl:
 
     def resumeProducing(self) -> None:
         self._writable.set()
+        pong, self._pending_pong = self._pending_pong, None
+        if pong is not None and not self._closed:
+            self._protocol.sendPong(pong)
 
     def stopProducing(self) -> None:
         self._mark_closed()

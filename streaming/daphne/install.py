@@ -17,6 +17,7 @@ from typing import Any
 from streaming.daphne.access_log import patched_write_entry
 from streaming.daphne.close import patched_handle_reply
 from streaming.daphne.flow_control import patched_create_application
+from streaming.daphne.pings import patched_on_ping
 from streaming.daphne.shutdown import patched_kill_all_applications
 
 _PATCH_MARKER = "_cutemarkets_daphne_shim"
@@ -41,6 +42,7 @@ def install() -> bool:
     _patch(server_module.Server, "create_application", patched_create_application)
     _patch(server_module.Server, "kill_all_applications", patched_kill_all_applications)
     _patch(AccessLogGenerator, "write_entry", patched_write_entry)
+    _patch(WebSocketProtocol, "onPing", patched_on_ping)
     return True
 
 

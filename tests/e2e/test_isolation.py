@@ -7,16 +7,19 @@ victim sees. Figures under load are in BENCHMARKS.md; these tests assert outcome
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import string
 
 import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from accounts.models import Plan
+from streaming.codes import CloseCode
 from tests.accounts.factories import make_key, make_user
-from tests.e2e.clients import bearer, expect_statuses
+from tests.e2e.clients import TIMEOUT, bearer, expect_statuses, read_until_closed
 from tests.e2e.test_streaming import Client
 
 pytestmark = pytest.mark.e2e
@@ -75,3 +78,28 @@ async def test_dropping_twenty_thousand_items_reaches_the_upstream_in_parts_and_
     assert await victim.read_data(1) == simulator.recorded("stocks")
     assert simulator.connections_opened("stocks") == 1  # the upstream connection was never dropped
     assert victim.websocket.close_code is None
+
+
+async def test_a_client_pinging_beyond_its_budget_is_closed_and_the_neighbour_streams_on(
+    streaming_gateway, simulator, victim_key, attacker_key
+):
+    """A client once sent 367,000 pings in 20 s and had each answered: the gateway's CPU went to pongs."""
+    victim = Client(await open_from(streaming_gateway, victim_key, "stocks", VICTIM_ADDRESS))
+    await victim.subscribe("T.AAPL")
+    attacker = await open_from(streaming_gateway, attacker_key, "stocks", ATTACKER_ADDRESS)
+    answered = 0
+    try:
+        for _ in range(1_000):
+            await asyncio.wait_for(await attacker.ping(), TIMEOUT)
+            answered += 1
+    except ConnectionClosed:
+        pass
+    outcome = await read_until_closed(attacker)
+    assert attacker.close_code == CloseCode.POLICY_VIOLATION and attacker.close_reason == "too many pings"
+    assert outcome.events[-1]["status"] == "error" and "too many pings" in outcome.events[-1]["message"]
+    assert 20 <= answered < 100  # the burst is answered; the flood is not
+
+    await asyncio.wait_for(await victim.websocket.ping(), TIMEOUT)  # the neighbour's own pings still answered
+    simulator.start_recording("stocks")
+    await simulator.send_events("stocks", [{"ev": "T", "sym": "AAPL", "p": 1.5, "s": 10, "t": 1, "q": 1}])
+    assert await victim.read_data(1) == simulator.recorded("stocks")
