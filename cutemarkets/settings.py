@@ -249,6 +249,7 @@ STREAM_CLIENT_MESSAGE_BURST = int(env_float("STREAM_CLIENT_MESSAGE_BURST", 100))
 STREAM_CLIENT_REFUSALS_BEFORE_CLOSE = int(env_float("STREAM_CLIENT_REFUSALS_BEFORE_CLOSE", 50))
 STREAM_CLIENT_PING_RATE = env_float("STREAM_CLIENT_PING_RATE", 2.0)
 STREAM_CLIENT_PING_BURST = int(env_float("STREAM_CLIENT_PING_BURST", 20))
+STREAM_HANDSHAKE_TIMEOUT = env_float("STREAM_HANDSHAKE_TIMEOUT", 10.0)
 STREAM_KEY_USAGE_INTERVAL = env_float("STREAM_KEY_USAGE_INTERVAL", 10.0)
 # How upstream frames reach this process's clients: "process" (its own upstream connection per market) or "relay"
 # (through Redis from the market's feed relay, `manage.py run_feed_relay`; README, Scaling out).

@@ -45,6 +45,7 @@ class StreamSettings:
     client_refusals_before_close: int
     client_ping_rate: float
     client_ping_burst: int
+    handshake_timeout: float
     fanout: str
     relay_prefix: str
     relay_registration_ttl: float
@@ -83,6 +84,7 @@ def stream_settings() -> StreamSettings:
         client_refusals_before_close=settings.STREAM_CLIENT_REFUSALS_BEFORE_CLOSE,
         client_ping_rate=settings.STREAM_CLIENT_PING_RATE,
         client_ping_burst=settings.STREAM_CLIENT_PING_BURST,
+        handshake_timeout=settings.STREAM_HANDSHAKE_TIMEOUT,
         fanout=settings.STREAM_FANOUT,
         relay_prefix=settings.STREAM_RELAY_PREFIX,
         relay_registration_ttl=settings.STREAM_RELAY_REGISTRATION_TTL,

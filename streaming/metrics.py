@@ -56,7 +56,12 @@ LOCK_REFRESH_FAILURES = Counter(
     "Connection locks that could not be kept: lost (closed 4409) or Redis unreachable (closed 1011).",
     ["reason"],
 )
-
+SOCKETS_DROPPED = Counter(
+    "cutemarkets_sockets_dropped",
+    "Connections the server dropped for what the client did, by reason (its budget, not the market's).",
+    ["reason"],
+)
+DROP_REASONS = ("handshake_timeout", "ping_flood")
 
 
 def _export_initial_series() -> None:
@@ -67,6 +72,8 @@ def _export_initial_series() -> None:
             metric.labels(market)
     for reason in LossReason:
         LOCK_REFRESH_FAILURES.labels(reason.value)
+    for reason in DROP_REASONS:
+        SOCKETS_DROPPED.labels(reason)
 
 
 _export_initial_series()
@@ -129,3 +136,8 @@ def slow_consumer(market: str) -> None:
 def lock_refresh_failure(reason: str) -> None:
     """A connection lock could not be kept; *reason* is ``LossReason.value`` ("lost" or "unreachable")."""
     LOCK_REFRESH_FAILURES.labels(reason).inc()
+
+
+def socket_dropped(reason: str) -> None:
+    """A connection was dropped for one of ``DROP_REASONS``."""
+    SOCKETS_DROPPED.labels(reason).inc()

@@ -17,6 +17,12 @@ from typing import Any
 from streaming.daphne.access_log import patched_write_entry
 from streaming.daphne.close import patched_handle_reply
 from streaming.daphne.flow_control import patched_create_application
+from streaming.daphne.handshake_deadline import (
+    patched_all_headers_received,
+    patched_connection_lost,
+    patched_connection_made,
+    patched_request_done,
+)
 from streaming.daphne.pings import patched_on_ping
 from streaming.daphne.shutdown import patched_kill_all_applications
 
@@ -36,6 +42,7 @@ def install() -> bool:
     import autobahn.websocket.protocol
     from daphne.access import AccessLogGenerator
     from daphne.ws_protocol import WebSocketProtocol
+    from twisted.web.http import HTTPChannel
 
     autobahn.websocket.protocol.pformat = DeferredPformat
     _patch(WebSocketProtocol, "handle_reply", patched_handle_reply)
@@ -43,6 +50,10 @@ def install() -> bool:
     _patch(server_module.Server, "kill_all_applications", patched_kill_all_applications)
     _patch(AccessLogGenerator, "write_entry", patched_write_entry)
     _patch(WebSocketProtocol, "onPing", patched_on_ping)
+    _patch(HTTPChannel, "connectionMade", patched_connection_made)
+    _patch(HTTPChannel, "allHeadersReceived", patched_all_headers_received)
+    _patch(HTTPChannel, "requestDone", patched_request_done)
+    _patch(HTTPChannel, "connectionLost", patched_connection_lost)
     return True
 
 

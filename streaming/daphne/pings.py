@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from streaming import metrics
 from streaming.codes import CloseCode, Status, status_frame_bytes
 from streaming.daphne.close import CLOSE_HANDSHAKE_TIMEOUT_SECONDS
 from streaming.daphne.flow_control import FlowControl
@@ -54,6 +55,7 @@ def patched_on_ping(original: Callable[..., None]) -> Callable[..., None]:
             budget = ping_budget()
             setattr(self, _BUDGET_ATTRIBUTE, budget)
         if not budget.take():
+            metrics.socket_dropped("ping_flood")
             refuse_flood(self, budget.rate)
             return
         flow_control = FlowControl.of(self)

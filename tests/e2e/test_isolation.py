@@ -20,6 +20,8 @@ from accounts.models import Plan
 from streaming.codes import CloseCode
 from tests.accounts.factories import make_key, make_user
 from tests.e2e.clients import TIMEOUT, bearer, expect_statuses, read_until_closed
+from tests.e2e.conftest import simulator_env
+from tests.e2e.test_deployment import scrape, value
 from tests.e2e.test_streaming import Client
 
 pytestmark = pytest.mark.e2e
@@ -103,3 +105,33 @@ async def test_a_client_pinging_beyond_its_budget_is_closed_and_the_neighbour_st
     simulator.start_recording("stocks")
     await simulator.send_events("stocks", [{"ev": "T", "sym": "AAPL", "p": 1.5, "s": 10, "t": 1, "q": 1}])
     assert await victim.read_data(1) == simulator.recorded("stocks")
+
+
+async def test_a_handshake_sent_byte_by_byte_is_dropped_and_others_get_in(
+    gateway_factory, simulator, victim_key
+):
+    """Connections drip-feeding their upgrade request one byte every 2 s were never dropped."""
+    gateway = gateway_factory("handshake-deadline", **simulator_env(simulator), STREAM_HANDSHAKE_TIMEOUT="1")
+    request = b"GET /v1/ws/stocks/ HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port, local_addr=(ATTACKER_ADDRESS, 0))
+    dropped = False
+    try:
+        for byte in itertools.islice(itertools.cycle(request), 100):  # 100 bytes, 0.1 s apart: 10 s at most
+            writer.write(bytes([byte]))
+            await writer.drain()
+            try:
+                if await asyncio.wait_for(reader.read(1), 0.1) == b"":
+                    dropped = True
+                    break
+            except TimeoutError:
+                continue
+    except ConnectionError:
+        dropped = True
+    finally:
+        writer.close()
+    assert dropped, "a connection still sending its headers after the deadline was kept"
+
+    victim = Client(await open_from(gateway, victim_key, "stocks", VICTIM_ADDRESS))  # a whole handshake gets in
+    await victim.subscribe("T.AAPL")
+    samples = await asyncio.to_thread(scrape, gateway.port)
+    assert value(samples, "cutemarkets_sockets_dropped_total", reason="handshake_timeout") == 1

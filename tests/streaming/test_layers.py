@@ -26,7 +26,7 @@ MAY_IMPORT = {
     "hub": {"relay", "upstream", "runtime"},
     "relay": {"upstream", "runtime"},
     "upstream": {"runtime"},
-    "daphne": set(),
+    "daphne": {"runtime"},
     "runtime": set(),
     "simulator": set(),
 }
