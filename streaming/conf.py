@@ -46,6 +46,10 @@ class StreamSettings:
     client_ping_rate: float
     client_ping_burst: int
     handshake_timeout: float
+    address_handshake_rate: float
+    address_handshake_burst: int
+    address_failures_per_minute: int
+    address_pending_sockets: int
     fanout: str
     relay_prefix: str
     relay_registration_ttl: float
@@ -85,6 +89,10 @@ def stream_settings() -> StreamSettings:
         client_ping_rate=settings.STREAM_CLIENT_PING_RATE,
         client_ping_burst=settings.STREAM_CLIENT_PING_BURST,
         handshake_timeout=settings.STREAM_HANDSHAKE_TIMEOUT,
+        address_handshake_rate=settings.STREAM_ADDRESS_HANDSHAKE_RATE,
+        address_handshake_burst=settings.STREAM_ADDRESS_HANDSHAKE_BURST,
+        address_failures_per_minute=settings.STREAM_ADDRESS_FAILURES_PER_MINUTE,
+        address_pending_sockets=settings.STREAM_ADDRESS_PENDING_SOCKETS,
         fanout=settings.STREAM_FANOUT,
         relay_prefix=settings.STREAM_RELAY_PREFIX,
         relay_registration_ttl=settings.STREAM_RELAY_REGISTRATION_TTL,

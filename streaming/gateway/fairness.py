@@ -1,0 +1,158 @@
+"""Admission budgets per client address, so that one address's handshakes cost only that address.
+
+Every handshake costs the process a TLS-less HTTP parse, an accept and, with a key, a cache read and on a miss a
+database query, and an open socket holds memory until it authenticates or times out. One address once made 171
+handshakes a second with random keys (others' admission went from 7 to 144 ms) or held 3,000 keyless sockets
+open. Each address therefore has, in each gateway process:
+
+- a token bucket of handshakes (``STREAM_ADDRESS_HANDSHAKE_RATE`` per second, bursts of ``..._BURST``);
+- a budget of failed key resolutions (``STREAM_ADDRESS_FAILURES_PER_MINUTE``): past it, the address is refused for
+  the rest of that minute without its keys being looked up at all;
+- a cap on its sockets not yet admitted (``STREAM_ADDRESS_PENDING_SOCKETS``).
+
+A refusal closes with 1013 "try again later" after an ``error`` status. A customer's own reconnects pass: they fail
+no resolution, and the handshake budget is far above any reconnect loop. IPv6 clients are budgeted per /64, the
+block one subscriber usually holds. The address is the one daphne reports (behind the load balancer, the
+``X-Forwarded-For`` it sets: see README, Deploying). Entries of quiet addresses are forgotten, so the table stays
+bounded by the addresses active within a minute.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from streaming.conf import stream_settings
+from streaming.runtime.loop_local import LoopLocal
+from streaming.runtime.ratelimit import TokenBucket
+
+FAILURE_WINDOW_SECONDS = 60.0
+FORGET_AFTER_SECONDS = 2 * FAILURE_WINDOW_SECONDS
+PRUNE_EVERY = 1024
+"""Handshakes between two sweeps of forgotten addresses."""
+IPV6_BUDGET_PREFIX = 64
+
+
+@dataclass(frozen=True, slots=True)
+class AddressLimits:
+    handshake_rate: float
+    handshake_burst: int
+    failures_per_minute: int
+    pending_sockets: int
+
+
+@dataclass(slots=True)
+class AddressState:
+    handshakes: TokenBucket
+    seen_at: float
+    failures: int = 0
+    window_started_at: float = 0.0
+    blocked_until: float = 0.0
+    pending: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class PendingSocket:
+    """One socket of an address that is not admitted yet; ``release`` (idempotent) when it is, or when it ends."""
+
+    state: AddressState
+    released: bool = field(default=False)
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.state.pending -= 1
+
+
+def budget_key(address: str) -> str:
+    """The address an IPv4 client is budgeted by, or the /64 of an IPv6 one; unparsable text as it is."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{parsed}/{IPV6_BUDGET_PREFIX}", strict=False))
+    return str(parsed)
+
+
+class AddressBudgets:
+    """This process's budgets of every client address (one instance per event loop)."""
+
+    _instances: LoopLocal[AddressBudgets] = LoopLocal()
+
+    def __init__(self, limits: AddressLimits, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = limits
+        self._clock = clock
+        self._states: dict[str, AddressState] = {}
+        self._until_prune = PRUNE_EVERY
+
+    @classmethod
+    def for_loop(cls) -> AddressBudgets:
+        def make() -> AddressBudgets:
+            settings = stream_settings()
+            return cls(AddressLimits(
+                settings.address_handshake_rate, settings.address_handshake_burst,
+                settings.address_failures_per_minute, settings.address_pending_sockets,
+            ))
+
+        return cls._instances.get(make)
+
+    def admit_handshake(self, address: str) -> PendingSocket | str:
+        """A new socket from *address*: its pending slot, or why the address is refused (nothing is counted then)."""
+        now = self._clock()
+        state = self._state(address, now)
+        if state.blocked_until > now:
+            return "too many failed authentications from your address: try again in a minute"
+        if state.pending >= self.limits.pending_sockets:
+            return (
+                f"too many connections from your address waiting to authenticate "
+                f"(at most {self.limits.pending_sockets}): try again later"
+            )
+        if not state.handshakes.take():
+            return (
+                f"too many connection attempts from your address "
+                f"(more than {self.limits.handshake_rate:g} per second): try again later"
+            )
+        state.pending += 1
+        return PendingSocket(state)
+
+    def is_blocked(self, address: str) -> bool:
+        """Whether keys from *address* are refused without being looked up (see ``resolution_failed``)."""
+        state = self._states.get(budget_key(address))
+        return state is not None and state.blocked_until > self._clock()
+
+    def resolution_failed(self, address: str) -> None:
+        """A key from *address* was malformed, unknown, revoked or expired; past the budget, block the address."""
+        now = self._clock()
+        state = self._state(address, now)
+        if now - state.window_started_at >= FAILURE_WINDOW_SECONDS:
+            state.window_started_at, state.failures = now, 0
+        state.failures += 1
+        if state.failures >= self.limits.failures_per_minute:
+            state.blocked_until = state.window_started_at + FAILURE_WINDOW_SECONDS
+
+    def tracked_addresses(self) -> int:
+        return len(self._states)
+
+    def _state(self, address: str, now: float) -> AddressState:
+        self._until_prune -= 1
+        if self._until_prune <= 0:
+            self._prune(now)
+        key = budget_key(address)
+        state = self._states.get(key)
+        if state is None:
+            bucket = TokenBucket(self.limits.handshake_rate, self.limits.handshake_burst, self._clock)
+            state = self._states[key] = AddressState(bucket, now)
+        state.seen_at = now
+        return state
+
+    def _prune(self, now: float) -> None:
+        self._until_prune = PRUNE_EVERY
+        self._states = {
+            key: state for key, state in self._states.items()
+            if state.pending or state.blocked_until > now or now - state.seen_at < FORGET_AFTER_SECONDS
+        }
