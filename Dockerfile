@@ -11,12 +11,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, from pyproject.toml alone, so that code changes do not reinstall them.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(project['dependencies'] + project['optional-dependencies']['postgres']))" > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+# Dependencies first, from the lock alone (the tested versions, `make lock`), so that code changes do not reinstall
+# them. Exactly what it lists; `pip check`: nothing is missing.
+COPY requirements/production.txt requirements/
+RUN pip install --no-deps -r requirements/production.txt \
+    && pip check
 
 COPY . .
 

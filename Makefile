@@ -4,17 +4,30 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements/development.txt
+PRODUCTION_LOCK := requirements/production.txt
 export DJANGO_SETTINGS_MODULE := cutemarkets.settings
 
-.PHONY: run test serve test-postgres bench bench-quick setup system-deps clean
+.PHONY: run test serve test-postgres bench bench-quick setup system-deps lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,postgres,bench]'
+# Exactly the lock (the tested versions, pip and setuptools included; `pip check`: nothing missing), then the project
+# itself, built with that setuptools.
+$(STAMP): $(LOCK) pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --no-deps -r $(LOCK)
+	$(BIN)/pip check
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Regenerate both locks from pyproject.toml, keeping every pin its range still allows (README, "The two commands").
+# LOCK_ARGS=--upgrade moves all of them to the newest releases, LOCK_ARGS="--upgrade-package daphne" one.
+PIP_COMPILE = $(BIN)/pip-compile --quiet --allow-unsafe --no-emit-find-links --no-emit-index-url --strip-extras
+lock: $(STAMP)
+	$(PIP_COMPILE) --all-build-deps --extra=bench --extra=dev --extra=postgres --output-file=$(LOCK) \
+		$(LOCK_ARGS) pyproject.toml
+	$(PIP_COMPILE) --constraint=$(LOCK) --extra=postgres --output-file=$(PRODUCTION_LOCK) pyproject.toml
 
 setup: system-deps $(STAMP)
 

@@ -4,7 +4,8 @@ Each patch lives with the concern it serves: ``close`` (any sendable close code 
 frame), ``flow_control`` (send-side flow control and the direct text-frame write), ``shutdown`` (SIGTERM closes every
 WebSocket with 1001 and lets the apps clean up) and ``access_log`` (no query strings; through Python logging). This
 module wires them into daphne's classes, and stops autobahn pretty-printing its configuration for a debug line
-nobody reads on every connection.
+nobody reads on every connection. Before it touches anything, ``compatibility.check()`` makes sure every internal
+these patches rely on is there, with the shape they expect: a process on other versions refuses to start.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from streaming.daphne import compatibility
 from streaming.daphne.access_log import patched_write_entry
 from streaming.daphne.close import patched_handle_reply
 from streaming.daphne.flow_control import patched_create_application
@@ -34,11 +36,13 @@ def install() -> bool:
 
     Does nothing (returns False) unless ``daphne.server`` is already imported, as it is under daphne's CLI, its
     ``runserver`` and any process with the ``daphne`` Django app: importing it ourselves would install Twisted's
-    asyncio reactor as a side effect in a process that may not want one.
+    asyncio reactor as a side effect in a process that may not want one. Raises ``IncompatibleServer``, patching
+    nothing, when the installed daphne, autobahn or Twisted lacks an internal the patches rely on.
     """
     server_module = sys.modules.get("daphne.server")
     if server_module is None:
         return False
+    compatibility.check()
     import autobahn.websocket.protocol
     from daphne.access import AccessLogGenerator
     from daphne.ws_protocol import WebSocketProtocol
@@ -79,9 +83,12 @@ class DeferredPformat:
 
 
 def _patch(cls: type, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Replace ``cls.name`` with ``make(original)``, once. The replacement's ``__wrapped__`` is the original, which
+    ``compatibility`` inspects when ``install()`` runs again."""
     original = getattr(cls, name)
     if getattr(original, _PATCH_MARKER, False):
         return
     patched = make(original)
     setattr(patched, _PATCH_MARKER, True)
+    patched.__wrapped__ = original  # type: ignore[attr-defined]
     setattr(cls, name, patched)
