@@ -5,8 +5,9 @@ code lost; the contract's codes (4401, 4409, 1011) are delivered after a status 
 Clients that cannot send headers (official SDKs) authenticate with ``{"action":"auth"}`` instead, exactly as on
 the upstream feed; their later messages wait, in order, until admission is decided.
 
-The consumer keeps the ASGI lifecycle, the client's messages and the way out to the socket; it hands the admission
-to ``Admission`` (admission.py), which calls back only through the small interface it declares (``Candidate``).
+The consumer keeps the ASGI lifecycle, the dispatch of client messages and the way out to the socket; it hands
+the admission to ``Admission`` (admission.py) and each parsed message to ``ClientRequests`` (requests.py), which
+call back only through the small interfaces they declare (``Candidate``, ``Client``).
 """
 
 from __future__ import annotations
@@ -25,12 +26,11 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from streaming import codes, metrics
 from streaming.conf import stream_settings
 from streaming.daphne.flow_control import get_flow_control
-from streaming.exceptions import UpstreamError
 from streaming.gateway import protocol
 from streaming.gateway.admission import Admission, Phase
-from streaming.gateway.credentials import SOURCE_MESSAGE, Credential, StreamAuth, resolve_credential
+from streaming.gateway.credentials import StreamAuth
 from streaming.gateway.outbox import Outbox
-from streaming.gateway.ratelimit import TokenBucket
+from streaming.gateway.requests import ClientRequests
 from streaming.gateway.rules import Rejection
 from streaming.hub.hub import UpstreamHub
 from streaming.runtime.tasks import BackgroundTasks
@@ -58,9 +58,7 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         self.market = ""
         self._opened_at = time.monotonic()
         self.admission = Admission(self, self._tasks)
-        settings = stream_settings()
-        self._message_bucket = TokenBucket(settings.client_message_rate, settings.client_message_burst)
-        self._refusals = 0
+        self._requests = ClientRequests(self, self.admission)
         try:
             await self._serve(scope, receive, send)
         except redis.exceptions.RedisError as error:
@@ -153,84 +151,22 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.phase in (Phase.CLOSING, Phase.CLOSED):
             return
-        if not self._message_bucket.take():
-            await self._refuse_flood()
+        requests = self._requests
+        if not requests.message_budget.take():
+            await requests.refuse_flood()
             return
         parsed = protocol.parse_client_message(text_data, bytes_data)
         if isinstance(parsed, protocol.ClientError):
-            await self._status(codes.Status.ERROR, parsed.message)
+            await self.send_status(codes.Status.ERROR, parsed.message)
             return
         if parsed.action == codes.Action.AUTH:
-            await self._on_auth_message(parsed)
+            await requests.on_auth_message(parsed)
         elif self.phase is Phase.ADMITTED:
-            await self._on_stream_request(parsed)
+            await requests.on_stream_request(parsed)
         else:
-            await self._status(codes.Status.ERROR, protocol.MESSAGE_NOT_AUTHENTICATED)
+            await self.send_status(codes.Status.ERROR, protocol.MESSAGE_NOT_AUTHENTICATED)
 
-    async def _on_auth_message(self, message: protocol.ClientMessage) -> None:
-        if self.phase is Phase.ADMITTED:
-            await self._status(codes.Status.AUTH_SUCCESS, codes.MESSAGE_AUTHENTICATED)
-        elif self.phase is Phase.REJECTING:
-            await self.admission.reject_now()
-        elif self.phase is Phase.AWAITING_AUTH:
-            key = message.params if isinstance(message.params, str) else ""
-            credential = Credential(SOURCE_MESSAGE, key)
-            outcome = await resolve_credential(credential) if key else None
-            await self.admission.admit(credential, outcome, from_handshake=False)
-
-    async def _on_stream_request(self, message: protocol.ClientMessage) -> None:
-        items, errors = protocol.parse_subscriptions(message.params, self.market)
-        error_frames = [codes.status_frame_bytes(codes.Status.ERROR, error) for error in errors]
-        if message.action == codes.Action.SUBSCRIBE:
-            items, refused = self._within_plan_cap(items)
-            error_frames += [codes.status_frame_bytes(codes.Status.ERROR, error) for error in refused]
-            acks = [codes.ack_frame_bytes(codes.Action.SUBSCRIBE, str(item)) for item in items]
-            if not items:
-                self._queue(error_frames)
-                return
-            try:
-                await self.hub.subscribe(self, items, acknowledge=lambda: self._queue(acks + error_frames))
-            except UpstreamError as error:
-                await self._close(codes.CloseCode.INTERNAL_ERROR, codes.Status.ERROR, str(error))
-        else:
-            if items:
-                await self.hub.unsubscribe(self, items)
-            acks = [codes.ack_frame_bytes(codes.Action.UNSUBSCRIBE, str(item)) for item in items]
-            self._queue(acks + error_frames)
-
-    def _within_plan_cap(self, items: list[protocol.Subscription]) -> tuple[list, list[str]]:
-        """Split requested items into those the plan's per-connection cap allows and refusal messages."""
-        cap = self.admission.entitlement.max_subscriptions
-        if cap is None:
-            return items, []
-        held = self.hub.subscriptions_of(self)
-        room = cap - len(held)
-        allowed, refused = [], []
-        for item in items:
-            if item in held:
-                allowed.append(item)
-            elif room > 0:
-                allowed.append(item)
-                room -= 1
-            else:
-                refused.append(f"subscription limit reached ({cap} per connection on your plan): {item} refused")
-        return allowed, refused
-
-    async def _refuse_flood(self) -> None:
-        self._refusals += 1
-        settings = stream_settings()
-        if self._refusals >= settings.client_refusals_before_close:
-            await self._close(
-                codes.CloseCode.POLICY_VIOLATION, codes.Status.ERROR,
-                f"too many messages: more than {settings.client_message_rate:g} per second, closing",
-            )
-        else:
-            await self._status(
-                codes.Status.ERROR,
-                f"rate limit exceeded ({settings.client_message_rate:g} messages per second): message ignored",
-            )
-
-    # --- what admission calls -------------------------------------------------------------------------------------
+    # --- what admission and the ControlListener call --------------------------------------------------------------
 
     async def open_stream(self) -> None:
         """Admitted: confirm it, then serve the stream through a bounded outbox, shared with the hub's frames."""
@@ -255,7 +191,7 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
             metrics.slow_consumer(self.market)
             self.phase = Phase.CLOSING
             outbox.stop()
-            self._tasks.spawn(self._close(
+            self._tasks.spawn(self.close_with_status(
                 codes.CloseCode.POLICY_VIOLATION, codes.Status.SLOW_CONSUMER,
                 f"client is not reading fast enough: more than {outbox.limit_bytes} bytes queued, closing",
             ))
@@ -265,13 +201,13 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
             return
         self.phase = Phase.CLOSING
         self.hub = None
-        self._tasks.spawn(self._close(codes.CloseCode.INTERNAL_ERROR, codes.Status.ERROR, message))
+        self._tasks.spawn(self.close_with_status(codes.CloseCode.INTERNAL_ERROR, codes.Status.ERROR, message))
 
     # --- sending and closing --------------------------------------------------------------------------------------
 
-    async def _status(self, status: codes.Status, message: str) -> None:
+    async def send_status(self, status: codes.Status, message: str) -> None:
         if self.outbox is not None:
-            self._queue([codes.status_frame_bytes(status, message)])
+            self.queue([codes.status_frame_bytes(status, message)])
         else:
             await self.send(codes.status_frame(status, message))
 
@@ -282,15 +218,15 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
     def _count_sent(self, frame: bytes) -> None:
         self._forwarded.add(1, len(frame))
 
-    def _queue(self, frames: list[bytes]) -> None:
+    def queue(self, frames: list[bytes]) -> None:
         """After admission everything goes through the outbox, so acks stay in order with data."""
         if frames:
             self.deliver(frames)
 
     async def close_with(self, rejection: Rejection) -> None:
-        await self._close(rejection.code, rejection.status, rejection.message, rejection.rule)
+        await self.close_with_status(rejection.code, rejection.status, rejection.message, rejection.rule)
 
-    async def _close(self, code: int, status: codes.Status, message: str, rule: str | None = None) -> None:
+    async def close_with_status(self, code: int, status: codes.Status, message: str, rule: str | None = None) -> None:
         """The last word: one status message, then the close (queued data is dropped)."""
         if self.phase is Phase.CLOSED:
             return
@@ -310,6 +246,6 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
 
     async def _close_quietly(self, code: int, reason: str) -> None:
         try:
-            await self._close(code, codes.Status.ERROR, reason)
+            await self.close_with_status(code, codes.Status.ERROR, reason)
         except Exception:
             logger.warning("could not deliver close %s", code)
