@@ -37,6 +37,10 @@ from streaming.runtime.tasks import BackgroundTasks
 
 logger = logging.getLogger(__name__)
 
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
 
 class MarketDataConsumer(AsyncWebsocketConsumer):
     phase: Phase
@@ -47,12 +51,7 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
     outbox: Outbox | None = None
     channel_layer_alias = None  # live re-checks come through the process's ControlListener, not a channel each
 
-    async def __call__(
-        self,
-        scope: dict[str, Any],
-        receive: Callable[[], Awaitable[dict[str, Any]]],
-        send: Callable[[dict[str, Any]], Awaitable[None]],
-    ) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._tasks = BackgroundTasks()
         self.phase = Phase.AWAITING_AUTH
         self.market = ""
@@ -71,12 +70,7 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         finally:
             await asyncio.shield(self._cleanup())
 
-    async def _serve(
-        self,
-        scope: dict[str, Any],
-        receive: Callable[[], Awaitable[dict[str, Any]]],
-        send: Callable[[dict[str, Any]], Awaitable[None]],
-    ) -> None:
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Channels' ``AsyncConsumer.__call__`` without a channel layer: one source of messages (the socket), read in
         this task, where Channels' ``await_many_dispatch`` would add a task and an ``asyncio.wait`` per message.
 
