@@ -37,7 +37,7 @@ class Rule(enum.StrEnum):
 @dataclass(frozen=True, slots=True)
 class Rejection:
     code: int
-    status: str
+    status: codes.Status
     message: str
     rule: Rule
 
