@@ -36,7 +36,7 @@ class Rule(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    code: int
+    code: codes.CloseCode
     status: codes.Status
     message: str
     rule: Rule
