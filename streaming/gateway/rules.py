@@ -36,8 +36,8 @@ class Rule(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    code: int
-    status: str
+    code: codes.CloseCode
+    status: codes.Status
     message: str
     rule: Rule
 

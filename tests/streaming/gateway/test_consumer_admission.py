@@ -337,9 +337,9 @@ async def test_trailing_slash_is_optional(application, customer, path):
 async def test_a_recheck_that_cannot_read_the_key_waits_and_tries_again(application, customer, monkeypatch):
     """A re-check meeting a database or Redis failure neither cuts the stream (it may be entitled) nor gives up."""
     from accounts import keys
-    from streaming.gateway import consumer
+    from streaming.gateway import admission
 
-    monkeypatch.setattr(consumer, "RECHECK_RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(admission, "RECHECK_RETRY_SECONDS", 0.05)
     user, options_key, _ = customer
     communicator = await admitted(application, options_key)
     real_load = keys._load_record
