@@ -15,7 +15,7 @@ from streaming.runtime.lease import LossReason
 OTHER_LABEL = "other"
 """Label value of a market or close code outside the known set (a client can name any path or close code)."""
 
-LABELLED_CLOSE_CODES = frozenset({1000, 1001, 1005, 1006, 1008, 1009, 1011, 1012, 4401, 4409})
+LABELLED_CLOSE_CODES = frozenset({1000, 1001, 1005, 1006, 1008, 1009, 1011, 1012, 1013, 4401, 4409})
 """Close codes that get their own label value: the contract's codes and the usual RFC 6455 ones."""
 
 disable_created_metrics()  # no *_created series per counter: they double the output and nothing here reads them

@@ -21,12 +21,14 @@ from streaming import metrics
 from streaming.conf import FAILURE_MODE_OPEN, stream_settings
 from streaming.exceptions import LeaseUnavailable
 from streaming.gateway.credentials import (
+    SOURCE_MESSAGE,
     Credential,
     MalformedCredential,
     ResolutionFailed,
     StreamAuth,
     resolve_credential,
 )
+from streaming.gateway.fairness import AddressBudgets, PendingSocket
 from streaming.gateway.key_usage import KeyUsage
 from streaming.gateway.rechecks import ControlListener, Recheckable
 from streaming.gateway.rules import Rejection, Rule, decide, reject
@@ -90,9 +92,17 @@ class Admission:
         self.local_lock: tuple[int, str] | None = None  # (user id, token) in this process's LocalLocks (fail-open)
         self._control: ControlListener | None = None
         self._pending_rejection: Rejection | None = None
+        self._address = ""
+        self._pending_socket: PendingSocket | None = None
 
     async def start(self, auth: StreamAuth) -> None:
-        """Admit with the handshake's key, or wait for the client's auth message if the handshake had none."""
+        """Admit with the handshake's key, or wait for the client's auth message if the handshake had none; an
+        address over its budget is refused at once (1013)."""
+        self._address = auth.address
+        self._pending_socket = auth.pending
+        if auth.refusal is not None:
+            await self._candidate.close_with(reject(Rule.ADDRESS_OVER_BUDGET, reason=auth.refusal))
+            return
         credential = auth.credential
         if credential is None:
             self._tasks.spawn(self._expire_auth_wait())
@@ -122,6 +132,8 @@ class Admission:
             return
         self.entitlement = decision
         self.credential = credential
+        if self._pending_socket is not None:
+            self._pending_socket.release()  # admitted: no longer one of its address's waiting sockets
         metrics.admitted(market)
         await self._candidate.open_stream()
         self._control = ControlListener.for_loop()
@@ -132,6 +144,19 @@ class Admission:
             decision.user_id, decision.key_prefix, market, decision.plan, credential.source,
         )
         KeyUsage.for_loop().note(decision.key_id)
+
+    async def admit_message_key(self, key: str) -> None:
+        """Admit with the key of the client's auth message, unless its address may not have keys looked up."""
+        budgets = AddressBudgets.for_loop()
+        if key and budgets.is_blocked(self._address):
+            refusal = budgets.admit_handshake(self._address)  # says why, and counts nothing while blocked
+            await self._candidate.close_with(reject(Rule.ADDRESS_OVER_BUDGET, reason=str(refusal)))
+            return
+        credential = Credential(SOURCE_MESSAGE, key)
+        outcome = await resolve_credential(credential) if key else None
+        if isinstance(outcome, Denial):
+            budgets.resolution_failed(self._address)
+        await self.admit(credential, outcome, from_handshake=False)
 
     async def reject_now(self) -> None:
         """The client's auth message came before the grace period ended: it gets the pending rejection at once."""
@@ -145,6 +170,8 @@ class Admission:
     async def release(self) -> None:
         """Give back what admission took. Safe to repeat: the consumer releases at once when the client leaves,
         and again when it ends."""
+        if self._pending_socket is not None:
+            self._pending_socket.release()
         if self.lock is not None:
             lock, self.lock = self.lock, None
             try:

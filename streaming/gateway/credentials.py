@@ -16,6 +16,7 @@ from channels.db import database_sync_to_async
 
 from accounts.keys import Denial, Entitlement, resolve_key_async, resolve_key_uncached
 from streaming.conf import FAILURE_MODE_OPEN, stream_settings
+from streaming.gateway.fairness import PendingSocket
 from streaming.runtime.redis_client import redis_client
 
 logger = logging.getLogger(__name__)
@@ -53,10 +54,15 @@ RESOLUTION_FAILED = ResolutionFailed()
 
 @dataclass(frozen=True, slots=True)
 class StreamAuth:
-    """What the handshake said about the caller: nothing (``credential`` None), a malformed attempt, or a key."""
+    """What the handshake said about the caller: nothing (``credential`` None), a malformed attempt, or a key; or
+    that its address is over budget (``refusal``, see ``streaming.gateway.fairness``), its key then unread."""
 
     credential: Credential | MalformedCredential | None
     outcome: Entitlement | Denial | ResolutionFailed | None = None
+    address: str = ""
+    refusal: str | None = None
+    pending: PendingSocket | None = None
+    """The socket's slot among its address's sockets awaiting admission: released on admission or close."""
 
 
 def credential_from_scope(scope: dict) -> Credential | MalformedCredential | None:

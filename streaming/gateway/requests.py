@@ -14,7 +14,6 @@ from streaming.conf import stream_settings
 from streaming.exceptions import UpstreamError
 from streaming.gateway import protocol
 from streaming.gateway.admission import Admission, Phase
-from streaming.gateway.credentials import SOURCE_MESSAGE, Credential, resolve_credential
 from streaming.runtime.ratelimit import TokenBucket
 from streaming.hub.hub import Subscriber, UpstreamHub
 from streaming.hub.index import Subscription
@@ -74,10 +73,7 @@ class ClientRequests:
         elif phase is Phase.REJECTING:
             await self._admission.reject_now()
         elif phase is Phase.AWAITING_AUTH:
-            key = message.params if isinstance(message.params, str) else ""
-            credential = Credential(SOURCE_MESSAGE, key)
-            outcome = await resolve_credential(credential) if key else None
-            await self._admission.admit(credential, outcome, from_handshake=False)
+            await self._admission.admit_message_key(message.params if isinstance(message.params, str) else "")
 
     async def on_stream_request(self, message: protocol.ClientMessage) -> None:
         """Subscribe or unsubscribe an admitted client; invalid and refused items are answered with errors."""

@@ -32,6 +32,7 @@ class Rule(enum.StrEnum):
     ALREADY_CONNECTED = "already_connected"
     LOCK_UNAVAILABLE = "lock_unavailable"
     RESOLUTION_FAILED = "resolution_failed"
+    ADDRESS_OVER_BUDGET = "address_over_budget"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,7 @@ MESSAGES = {
     ),
     Rule.LOCK_UNAVAILABLE: "stream gateway error: the connection registry is unavailable, try again shortly",
     Rule.RESOLUTION_FAILED: "stream gateway error: the API key could not be checked, try again shortly",
+    Rule.ADDRESS_OVER_BUDGET: "{reason}",
 }
 
 GATEWAY_ERRORS = (Rule.LOCK_UNAVAILABLE, Rule.RESOLUTION_FAILED)
@@ -79,6 +81,8 @@ def reject(rule: Rule, **details: str) -> Rejection:
     message = MESSAGES[rule].format(**details)
     if rule is Rule.ALREADY_CONNECTED:
         return Rejection(codes.CloseCode.ALREADY_CONNECTED, codes.Status.MAX_CONNECTIONS, message, rule)
+    if rule is Rule.ADDRESS_OVER_BUDGET:
+        return Rejection(codes.CloseCode.TRY_AGAIN_LATER, codes.Status.ERROR, message, rule)
     if rule in GATEWAY_ERRORS:
         return Rejection(codes.CloseCode.INTERNAL_ERROR, codes.Status.ERROR, message, rule)
     if rule is Rule.AUTH_TIMEOUT:

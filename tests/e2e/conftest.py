@@ -46,6 +46,14 @@ def gateway(gateway_factory):
 
 SIMULATOR_KEY = "simulator-upstream-key"
 
+ONE_ADDRESS_STORM = {
+    "STREAM_ADDRESS_HANDSHAKE_BURST": "100000",
+    "STREAM_ADDRESS_PENDING_SOCKETS": "100000",
+    "STREAM_ADDRESS_FAILURES_PER_MINUTE": "100000",
+}
+"""Address budgets for a test that storms one gateway from one address on purpose (admission decisions under load,
+not fairness, which tests/e2e/test_isolation.py tests)."""
+
 
 @pytest.fixture
 async def simulator():

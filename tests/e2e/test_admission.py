@@ -16,6 +16,7 @@ from streaming import codes
 from streaming.runtime import lock
 from tests.accounts.factories import make_key, make_user
 from tests.e2e.clients import TIMEOUT, bearer, expect_statuses, read_until_closed, rejected
+from tests.e2e.conftest import ONE_ADDRESS_STORM
 
 pytestmark = pytest.mark.e2e
 
@@ -111,7 +112,7 @@ async def test_live_revocation_through_daphne(gateway, customer):
 async def test_same_user_race_across_two_processes(gateway_factory, customer, clean_redis):
     """Many simultaneous handshakes of one user over keys, markets and two daphne processes admit exactly one."""
     user, keys = customer
-    gateways = [gateway_factory("race-a"), gateway_factory("race-b")]
+    gateways = [gateway_factory("race-a", **ONE_ADDRESS_STORM), gateway_factory("race-b", **ONE_ADDRESS_STORM)]
     attempts = [(key_name, gateway) for key_name in keys for gateway in gateways] * 10  # 60 handshakes
     rng = random.Random(7)
 

@@ -19,8 +19,9 @@ from websockets.exceptions import ConnectionClosed
 from accounts.models import Plan
 from streaming.codes import CloseCode
 from tests.accounts.factories import make_key, make_user
-from tests.e2e.clients import TIMEOUT, bearer, expect_statuses, read_until_closed
-from tests.e2e.conftest import simulator_env
+from streaming.runtime.redis_client import redis_client
+from tests.e2e.clients import TIMEOUT, Outcome, bearer, expect_statuses, read_until_closed
+from tests.e2e.conftest import UNUSED_UPSTREAM_ENV, simulator_env
 from tests.e2e.test_deployment import scrape, value
 from tests.e2e.test_streaming import Client
 
@@ -135,3 +136,60 @@ async def test_a_handshake_sent_byte_by_byte_is_dropped_and_others_get_in(
     await victim.subscribe("T.AAPL")
     samples = await asyncio.to_thread(scrape, gateway.port)
     assert value(samples, "cutemarkets_sockets_dropped_total", reason="handshake_timeout") == 1
+
+
+def random_key(n: int) -> str:
+    """A well-formed stocks key that was never issued."""
+    return f"cms_{n:012d}_{'x' * 40}"
+
+
+async def outcome_from(url: str, address: str, headers: dict[str, str] | None = None) -> Outcome:
+    async with connect(url, additional_headers=headers, local_addr=(address, 0), open_timeout=TIMEOUT) as websocket:
+        return await read_until_closed(websocket)
+
+
+async def test_an_address_guessing_keys_is_refused_without_lookups_and_a_customer_reconnecting_is_not(
+    gateway_factory, victim_key
+):
+    """171 handshakes a second with random keys once slowed everyone's admission ×19, each costing a database
+    query and a Redis key."""
+    gateway = gateway_factory(
+        "guessing", **UNUSED_UPSTREAM_ENV, STREAM_ADDRESS_FAILURES_PER_MINUTE="10"
+    )
+    url = gateway.url("/v1/ws/stocks/")
+    cached_before = len(await redis_client().keys("*apikey*"))
+    outcomes = [await outcome_from(url, ATTACKER_ADDRESS, bearer(random_key(n))) for n in range(40)]
+    assert [(o.statuses[-1], o.close_code) for o in outcomes[:10]] == [("auth_failed", 4401)] * 10
+    assert [(o.statuses[-1], o.close_code) for o in outcomes[10:]] == [("error", 1013)] * 30
+    assert outcomes[-1].events[-1]["message"] == (
+        "too many failed authentications from your address: try again in a minute"
+    )
+    assert len(await redis_client().keys("*apikey*")) - cached_before <= 10  # refused keys were never looked up
+
+    for _ in range(20):  # a customer's own quick reconnects, from another address, all get in
+        websocket = await open_from(gateway, victim_key, "stocks", VICTIM_ADDRESS)
+        await websocket.close()
+
+
+async def test_keyless_sockets_of_one_address_are_capped_and_a_neighbour_gets_in(gateway_factory, victim_key):
+    """3,000 keyless sockets from one address once made others' admission ×56 slower."""
+    gateway = gateway_factory(
+        "keyless", **UNUSED_UPSTREAM_ENV, STREAM_ADDRESS_PENDING_SOCKETS="5", STREAM_AUTH_TIMEOUT="30"
+    )
+    url = gateway.url("/v1/ws/stocks/")
+    waiting = []
+    for _ in range(5):
+        websocket = await connect(url, local_addr=(ATTACKER_ADDRESS, 0), open_timeout=TIMEOUT)
+        await expect_statuses(websocket, "connected")
+        waiting.append(websocket)
+    refused = await outcome_from(url, ATTACKER_ADDRESS)
+    assert (refused.statuses, refused.close_code) == (["connected", "error"], 1013)
+    assert "waiting to authenticate (at most 5)" in refused.events[-1]["message"]
+
+    neighbour = await open_from(gateway, victim_key, "stocks", VICTIM_ADDRESS)
+    await neighbour.close()
+    await waiting.pop().close()  # one slot frees when its socket goes
+    again = await connect(url, local_addr=(ATTACKER_ADDRESS, 0), open_timeout=TIMEOUT)
+    await expect_statuses(again, "connected")
+    for websocket in [*waiting, again]:
+        await websocket.close()

@@ -69,6 +69,9 @@ def gateway_settings(settings, simulator):  # noqa: F811
     }
     settings.STREAM_CLIENT_MESSAGE_RATE = 1e9
     settings.STREAM_CLIENT_MESSAGE_BURST = 10**9
+    # Thousands of handshakes and bad keys from one test client, on purpose (fairness: tests/e2e/test_isolation.py).
+    settings.STREAM_ADDRESS_FAILURES_PER_MINUTE = 10**9
+    settings.STREAM_ADDRESS_HANDSHAKE_BURST = 10**9
     settings.STREAM_REJECT_GRACE = 0.05
     settings.STREAM_AUTH_TIMEOUT = 600
     return settings

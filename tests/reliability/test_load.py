@@ -23,7 +23,7 @@ from streaming.runtime import lock
 from streaming.simulator import FeedSimulator
 from tests.accounts.factories import make_key, make_user
 from tests.e2e.clients import bearer
-from tests.e2e.conftest import SIMULATOR_KEY, gateway_factory, simulator_env  # noqa: F401
+from tests.e2e.conftest import ONE_ADDRESS_STORM, SIMULATOR_KEY, gateway_factory, simulator_env  # noqa: F401
 from tests.reliability.figures import record
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
@@ -74,7 +74,8 @@ def storm_users(transactional_db):
 
 
 async def test_connection_storm_every_decision_right(gateway_factory, storm_users, clean_redis):
-    gateways = [gateway_factory(f"storm-{n}", STREAM_LOCK_WAIT="0", STREAM_REJECT_GRACE="0.05") for n in range(2)]
+    gateways = [gateway_factory(f"storm-{n}", STREAM_LOCK_WAIT="0", STREAM_REJECT_GRACE="0.05", **ONE_ADDRESS_STORM)
+                for n in range(2)]
     rng = random.Random(11)
     attempts = []
     for key in storm_users:  # every user twice (one must be refused), on random processes
@@ -115,7 +116,8 @@ def racer(transactional_db):
 async def test_same_user_race_admits_exactly_one_every_round(gateway_factory, racer, clean_redis):
     raise_file_limit()
     user, keys = racer
-    gateways = [gateway_factory(f"race-{n}", STREAM_LOCK_WAIT="0", STREAM_REJECT_GRACE="0.05") for n in range(2)]
+    gateways = [gateway_factory(f"race-{n}", STREAM_LOCK_WAIT="0", STREAM_REJECT_GRACE="0.05", **ONE_ADDRESS_STORM)
+                for n in range(2)]
     rng = random.Random(5)
     for round_number in range(RACE_ROUNDS):
         hold = asyncio.Event()
