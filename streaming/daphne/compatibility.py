@@ -29,6 +29,7 @@ LOCK_FILES = ("requirements/production.txt", "requirements/development.txt")
 _PROTOCOL = "daphne.ws_protocol:WebSocketProtocol"
 _SERVER = "daphne.server:Server"
 _ACCESS_LOG = "daphne.access:AccessLogGenerator"
+_HTTP_CHANNEL = "twisted.web.http:HTTPChannel"
 _TRANSPORT = "twisted.internet.tcp:Server"
 """The Twisted transport of a WebSocket daphne accepted on a TCP port (``FlowControl`` writes to its socket)."""
 
@@ -146,6 +147,19 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Attribute(_TRANSPORT, "disconnecting", "no direct writes to a closing connection"),
     Attribute(_TRANSPORT, "_writeDisconnected", "no direct writes after a write shutdown"),
     Attribute(_TRANSPORT, "bufferSize", "the high-water mark that pauses flow control"),
+    Method(_PROTOCOL, "sendPong", ("self", "payload"), "answers a ping once the socket drains"),
+    # streaming.daphne.pings
+    Method(_PROTOCOL, "onPing", ("self", "payload"), "patched: the ping budget", exact=True),
+    Reference("autobahn.twisted.websocket:WebSocketAdapterProtocol", "_onPing", "onPing", "autobahn's ping callback"),
+    Reference(_PROTOCOL, "processControlFrame", "_onPing", "autobahn hands every ping to it"),
+    # streaming.daphne.handshake_deadline
+    Method(_HTTP_CHANNEL, "connectionMade", ("self",), "patched: the headers' deadline starts", exact=True),
+    Method(_HTTP_CHANNEL, "allHeadersReceived", ("self",), "patched: the headers' deadline ends", exact=True),
+    Method(_HTTP_CHANNEL, "requestDone", ("self", "request"), "patched: the next request's deadline", exact=True),
+    Method(_HTTP_CHANNEL, "connectionLost", ("self", "reason"), "patched: the deadline is cancelled", exact=True),
+    Reference(_HTTP_CHANNEL, "lineReceived", "allHeadersReceived", "the channel ends a request's headers there"),
+    Attribute(_HTTP_CHANNEL, "_handlingRequest", "a kept-alive channel between requests gets a deadline"),
+    Attribute(_HTTP_CHANNEL, "transport", "a channel past its deadline is aborted"),
     # streaming.daphne.shutdown
     Method(_SERVER, "kill_all_applications", ("self",), "patched: graceful shutdown", exact=True),
     Reference(_SERVER, "run", "kill_all_applications", "daphne runs it before the reactor shuts down"),
