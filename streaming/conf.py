@@ -43,6 +43,8 @@ class StreamSettings:
     client_message_rate: float
     client_message_burst: int
     client_refusals_before_close: int
+    client_item_rate: float
+    client_item_burst: int
     client_ping_rate: float
     client_ping_burst: int
     handshake_timeout: float
@@ -86,6 +88,8 @@ def stream_settings() -> StreamSettings:
         client_message_rate=settings.STREAM_CLIENT_MESSAGE_RATE,
         client_message_burst=settings.STREAM_CLIENT_MESSAGE_BURST,
         client_refusals_before_close=settings.STREAM_CLIENT_REFUSALS_BEFORE_CLOSE,
+        client_item_rate=settings.STREAM_CLIENT_ITEM_RATE,
+        client_item_burst=settings.STREAM_CLIENT_ITEM_BURST,
         client_ping_rate=settings.STREAM_CLIENT_PING_RATE,
         client_ping_burst=settings.STREAM_CLIENT_PING_BURST,
         handshake_timeout=settings.STREAM_HANDSHAKE_TIMEOUT,

@@ -1,12 +1,22 @@
-"""What a client's messages do once parsed: auth, subscribe and unsubscribe (within the plan's cap), and floods.
+"""What a client's messages do once parsed: auth, subscribe and unsubscribe (within the connection's budgets), and
+floods.
 
 ``protocol`` parses a message and ``ratelimit`` meters it; ``ClientRequests`` acts on it. It answers an auth
 message according to where the connection stands (admission decides), asks the hub for subscriptions, and queues
-the acks behind the data already queued. Each connection has one, and it owns the connection's message budget.
+the acks behind the data already queued. Each connection has one, and it owns the connection's budgets:
+
+- messages per second (``STREAM_CLIENT_MESSAGE_RATE``/``_BURST``);
+- items added or removed per second (``STREAM_CLIENT_ITEM_RATE``/``_BURST``): a message of 5,000 items costs what
+  5,000 messages of one would, since the hub and the upstream pay per item;
+- items held, the plan's ``max_subscriptions``.
+
+A request over a budget changes nothing and gets one ``error`` status; a client that goes on being refused
+(``STREAM_CLIENT_REFUSALS_BEFORE_CLOSE`` times) is closed with 1008.
 """
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from typing import Protocol
 
 from streaming import codes
@@ -36,22 +46,19 @@ class Client(Subscriber, Protocol):
         """Send one last status message, then close with *code*."""
 
 
-def within_plan_cap(
-    items: list[Subscription], held: frozenset[Subscription], cap: int
-) -> tuple[list[Subscription], list[str]]:
-    """Split requested items into those the plan's per-connection cap allows and refusal messages."""
-    room = cap - len(held)
-    allowed: list[Subscription] = []
-    refused: list[str] = []
-    for item in items:
-        if item in held:
-            allowed.append(item)
-        elif room > 0:
-            allowed.append(item)
-            room -= 1
-        else:
-            refused.append(f"subscription limit reached ({cap} per connection on your plan): {item} refused")
-    return allowed, refused
+SUBSCRIPTION_LIMIT_TEXT = "Subscription limit reached for feed. Please remove some subscriptions and try again."
+"""The feed's own words for a subscription over its limit, which clients may already handle."""
+
+
+def over_plan_cap(items: list[Subscription], held: AbstractSet[Subscription], cap: int) -> str | None:
+    """Why subscribing *items* would take the connection over *cap* (items it holds count once), or None."""
+    new = sum(1 for item in items if item not in held)
+    if not new or len(held) + new <= cap:
+        return None
+    return (
+        f"{SUBSCRIPTION_LIMIT_TEXT} ({len(held)} held + {new} new > {cap} items per connection on your plan; "
+        f"nothing was subscribed)"
+    )
 
 
 class ClientRequests:
@@ -62,6 +69,7 @@ class ClientRequests:
         self._client = client
         self._admission = admission
         self.message_budget = TokenBucket(settings.client_message_rate, settings.client_message_burst)
+        self.item_budget = TokenBucket(settings.client_item_rate, settings.client_item_burst)
         self._refusals = 0
 
     async def on_auth_message(self, message: protocol.ClientMessage) -> None:
@@ -83,10 +91,17 @@ class ClientRequests:
         items, errors = protocol.parse_subscriptions(message.params, client.market)
         error_frames = [codes.status_frame_bytes(codes.Status.ERROR, error) for error in errors]
         if message.action == codes.Action.SUBSCRIBE:
-            cap = entitlement.max_subscriptions
-            if cap is not None:
-                items, refused = within_plan_cap(items, hub.subscriptions_of(client), cap)
-                error_frames += [codes.status_frame_bytes(codes.Status.ERROR, error) for error in refused]
+            over_cap = over_plan_cap(items, hub.subscriptions_of(client), entitlement.max_subscriptions)
+            if over_cap is not None:
+                await self._refuse(over_cap)
+                return
+        if items and not self.item_budget.take(len(items)):
+            await self._refuse(
+                f"subscription rate limit exceeded: more than {self.item_budget.rate:g} items per second added or "
+                f"removed ({len(items)} in this message); nothing was changed"
+            )
+            return
+        if message.action == codes.Action.SUBSCRIBE:
             acks = [codes.ack_frame_bytes(codes.Action.SUBSCRIBE, str(item)) for item in items]
             if not items:
                 client.queue(error_frames)
@@ -102,16 +117,20 @@ class ClientRequests:
             client.queue(acks + error_frames)
 
     async def refuse_flood(self) -> None:
-        """A message over the budget is refused with an error; a client that keeps flooding is closed (1008)."""
+        """A message over the message budget is refused with an error; a client that keeps flooding is closed."""
+        rate = self.message_budget.rate
+        await self._refuse(
+            f"rate limit exceeded ({rate:g} messages per second): message ignored",
+            closing=f"too many messages: more than {rate:g} per second, closing",
+        )
+
+    async def _refuse(self, message: str, closing: str = "") -> None:
+        """Answer a refused request with one error; the client refused once too often is closed (1008)."""
         self._refusals += 1
-        settings = stream_settings()
-        if self._refusals >= settings.client_refusals_before_close:
+        if self._refusals >= stream_settings().client_refusals_before_close:
             await self._client.close_with_status(
                 codes.CloseCode.POLICY_VIOLATION, codes.Status.ERROR,
-                f"too many messages: more than {settings.client_message_rate:g} per second, closing",
+                closing or f"too many refused requests, closing (the last: {message})",
             )
         else:
-            await self._client.send_status(
-                codes.Status.ERROR,
-                f"rate limit exceeded ({settings.client_message_rate:g} messages per second): message ignored",
-            )
+            await self._client.send_status(codes.Status.ERROR, message)

@@ -59,13 +59,14 @@ def attacker_key(transactional_db) -> str:
 
 
 async def test_dropping_twenty_thousand_items_reaches_the_upstream_in_parts_and_the_neighbour_streams_on(
-    streaming_gateway, simulator, victim_key, attacker_key
+    gateway_factory, simulator, victim_key, attacker_key
 ):
     """The feed closes a connection on a message over 64 KiB (the simulator too): a client leaving with 20,000
     items once made the gateway send one 160 KB unsubscribe, and every client of the market got 1011."""
-    victim = Client(await open_from(streaming_gateway, victim_key, "stocks", VICTIM_ADDRESS))
+    gateway = gateway_factory("many-items", **simulator_env(simulator), STREAM_CLIENT_ITEM_BURST="20000")
+    victim = Client(await open_from(gateway, victim_key, "stocks", VICTIM_ADDRESS))
     await victim.subscribe("T.AAPL")
-    attacker = Client(await open_from(streaming_gateway, attacker_key, "stocks", ATTACKER_ADDRESS))
+    attacker = Client(await open_from(gateway, attacker_key, "stocks", ATTACKER_ADDRESS))
     tickers = made_up_tickers(20_000)
     for start in range(0, len(tickers), 5_000):
         params = ",".join(f"T.{ticker}" for ticker in tickers[start:start + 5_000])
@@ -193,3 +194,31 @@ async def test_keyless_sockets_of_one_address_are_capped_and_a_neighbour_gets_in
     await expect_statuses(again, "connected")
     for websocket in [*waiting, again]:
         await websocket.close()
+
+
+async def test_churning_thousands_of_items_a_second_is_refused_then_closed_and_the_neighbour_streams_on(
+    gateway_factory, simulator, victim_key, attacker_key
+):
+    """Subscribing and unsubscribing 5,000 fresh items per message, 9 messages a second, once stayed under the
+    message rate and raised a neighbour's p99 latency eightfold."""
+    gateway = gateway_factory("churn", **simulator_env(simulator), STREAM_CLIENT_REFUSALS_BEFORE_CLOSE="5")
+    victim = Client(await open_from(gateway, victim_key, "stocks", VICTIM_ADDRESS))
+    await victim.subscribe("T.AAPL")
+    attacker = Client(await open_from(gateway, attacker_key, "stocks", ATTACKER_ADDRESS))
+    tickers = made_up_tickers(5_000)
+    params = ",".join(f"T.{ticker}" for ticker in tickers)
+    assert len(await attacker.subscribe(params)) == 5_000  # within the burst of 10,000 items
+    assert len(await attacker.unsubscribe(params)) == 5_000
+    refused = await attacker.request({"action": "subscribe", "params": params}, 1)
+    assert refused[0]["status"] == "error" and refused[0]["message"].startswith("subscription rate limit exceeded")
+    assert simulator.subscriptions("stocks") == {"T.AAPL"}  # the refused message changed nothing
+    for _ in range(4):
+        await attacker.send({"action": "subscribe", "params": params})
+    outcome = await read_until_closed(attacker.websocket)
+    assert outcome.close_code == CloseCode.POLICY_VIOLATION
+    assert outcome.events[-1]["message"].startswith("too many refused requests, closing")
+
+    simulator.start_recording("stocks")
+    await simulator.send_events("stocks", [{"ev": "T", "sym": "AAPL", "p": 1.5, "s": 10, "t": 1, "q": 1}])
+    assert await victim.read_data(1) == simulator.recorded("stocks")
+    assert simulator.connections_opened("stocks") == 1

@@ -265,12 +265,14 @@ async def test_subscription_cap_of_the_plan(streaming_gateway, simulator, keys, 
     await database_sync_to_async(lambda: Plan.objects.filter(slug="expert").update(max_subscriptions=2))()
     await database_sync_to_async(lambda: Plan.objects.get(slug="expert").save())()  # evicts cached resolutions
     client = await open_client(streaming_gateway, keys["cyd"]["stocks"], "stocks")
-    statuses = await client.subscribe("T.AAPL,T.MSFT,T.NVDA")
-    assert [status["status"] for status in statuses] == ["success", "success", "error"]
-    assert "subscription limit reached (2 per connection" in statuses[2]["message"]
-    assert "T.NVDA" in statuses[2]["message"]
+    refused = await client.request({"action": "subscribe", "params": "T.AAPL,T.MSFT,T.NVDA"}, 1)
+    assert [status["status"] for status in refused] == ["error"]  # one answer: the message changed nothing
+    assert refused[0]["message"].startswith("Subscription limit reached for feed.")
+    assert "0 held + 3 new > 2 items per connection" in refused[0]["message"]
+    assert [status["status"] for status in await client.subscribe("T.AAPL,T.MSFT")] == ["success", "success"]
     statuses = await client.subscribe("T.AAPL")  # already held: does not count twice
     assert statuses[0]["status"] == "success"
+    assert simulator.subscriptions("stocks") == {"T.AAPL", "T.MSFT"}
 
 
 async def test_flooding_client_is_rate_limited_then_closed_1008(gateway_factory, simulator, keys):

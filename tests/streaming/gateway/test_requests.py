@@ -13,7 +13,7 @@ from streaming import codes
 from streaming.gateway.admission import Admission, Phase
 from streaming.gateway.credentials import SOURCE_HEADER, MalformedCredential, StreamAuth
 from streaming.gateway.protocol import ClientMessage
-from streaming.gateway.requests import ClientRequests, within_plan_cap
+from streaming.gateway.requests import ClientRequests, over_plan_cap
 from streaming.gateway.rules import Rule
 from streaming.hub.hub import UpstreamHub
 from streaming.hub.index import Subscription
@@ -66,24 +66,25 @@ def requests_of(connection: Connection, tasks: BackgroundTasks) -> ClientRequest
 # --- the plan's cap -------------------------------------------------------------------------------------------------
 
 
-def test_the_cap_is_filled_in_the_order_requested():
-    allowed, refused = within_plan_cap(items("T.A", "T.B", "T.C"), frozenset(), cap=2)
-    assert allowed == items("T.A", "T.B")
-    assert refused == ["subscription limit reached (2 per connection on your plan): T.C refused"]
-
-
-def test_items_already_held_do_not_count_against_the_cap():
+def test_a_subscription_within_the_cap_passes_and_items_already_held_count_once():
     held = frozenset(items("T.A", "T.B"))
-    allowed, refused = within_plan_cap(items("T.A", "T.C", "T.D"), held, cap=3)
-    assert allowed == items("T.A", "T.C")
-    assert [message.rsplit(": ", 1)[1] for message in refused] == ["T.D refused"]
+    assert over_plan_cap(items("T.C"), frozenset(), cap=1) is None
+    assert over_plan_cap(items("T.A", "T.B", "T.C"), held, cap=3) is None
+
+
+def test_a_subscription_over_the_cap_is_refused_whole_in_the_feeds_words():
+    refusal = over_plan_cap(items("T.A", "T.C", "T.D"), frozenset(items("T.A", "T.B")), cap=3)
+    assert refusal == (
+        "Subscription limit reached for feed. Please remove some subscriptions and try again. "
+        "(2 held + 2 new > 3 items per connection on your plan; nothing was subscribed)"
+    )
 
 
 def test_a_connection_over_its_cap_keeps_what_it_holds_and_gets_nothing_new():
     """A plan can shrink under a live connection: what it holds stays, nothing is added."""
     held = frozenset(items("T.A", "T.B", "T.C"))
-    allowed, refused = within_plan_cap(items("T.B", "T.D"), held, cap=2)
-    assert allowed == items("T.B") and len(refused) == 1
+    assert over_plan_cap(items("T.B"), held, cap=2) is None  # nothing new: nothing to refuse
+    assert over_plan_cap(items("T.B", "T.D"), held, cap=2) is not None
 
 
 # --- floods ---------------------------------------------------------------------------------------------------------
