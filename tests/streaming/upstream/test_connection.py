@@ -12,7 +12,7 @@ import pytest
 
 from streaming.codes import AUTH_SUCCESS_FRAME, CONNECTED_FRAME, Status, status_frame
 from streaming.exceptions import UpstreamRejected, UpstreamUnavailable
-from streaming.upstream.connection import UpstreamConnection
+from streaming.upstream.connection import UpstreamConnection, action_params
 from tests.streaming.scripted_feed import ScriptedFeed, answering
 
 KEY = "upstream-test-key"
@@ -204,3 +204,17 @@ async def test_close_ends_the_connection(feed, connection):
     await connection.close()
     await session.wait_closed()
     assert session.connection.close_code == 1000
+
+
+def test_action_params_cut_a_large_change_into_messages_under_the_limit():
+    items = [f"T.X{n:05d}" for n in range(20_000)]
+    chunks = list(action_params(items, limit=8 * 1024))
+    assert len(chunks) > 1
+    assert all(len(chunk.encode()) <= 8 * 1024 for chunk in chunks)
+    assert ",".join(chunks).split(",") == items  # every item once, in order
+
+
+def test_action_params_of_a_small_change_is_one_message_and_of_nothing_none():
+    assert list(action_params(["Q.AAPL", "T.AAPL"])) == ["Q.AAPL,T.AAPL"]
+    assert list(action_params([])) == []
+    assert list(action_params(["T." + "A" * 20], limit=10)) == ["T." + "A" * 20]  # too long alone: sent alone
