@@ -79,7 +79,7 @@ class Ceiling:
                 return
         bodies = frame[2:-2].split(b"},{")  # generated events are flat objects: cut, never re-encode
         touched: list[Group] = []
-        for event, body in zip(events, bodies):
+        for event, body in zip(events, bodies, strict=False):
             ev = event["ev"]
             for group in self.wildcard_groups.get(ev, ()):
                 if not group.batch:

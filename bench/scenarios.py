@@ -83,7 +83,8 @@ def stream_trial(env: Environment, target: Target, *, rate: float, params: list[
         time.sleep(SERVER_SETTLE_SECONDS)
         processes = max(1, min(processes, clients))
         jobs = [StreamJob(server.url(), k, p, s, auth_by_message=target.kind == "direct")
-                for k, p, s in zip(split(keys, processes), split(params, processes), split(slow, processes))]
+                for k, p, s in zip(split(keys, processes), split(params, processes), split(slow, processes),
+                                   strict=True)]
         sampler = RssSampler(server)
         workers = Workers(jobs)
         workers.replies("ready")

@@ -1,9 +1,9 @@
 """A client's bounded outbound queue, written out at the pace the socket takes.
 
-daphne never pushes back on ``send()``: it buffers whatever the application sends. The outbox is where a client
-that stops reading is caught instead: it holds at most ``limit_bytes`` of frames, frames leave only while the
-transport drains (daphne's flow-control extension, see ``streaming.daphne.flow_control``), and ``put`` reports an overflow
-so the consumer can close the client with ``slow_consumer``. Other clients never wait for it.
+daphne never pushes back on ``send()``: it buffers whatever the application sends. The outbox is where a client that
+stops reading is caught instead: it holds at most ``limit_bytes`` of frames, frames leave only while the transport
+drains (daphne's flow-control extension, see ``streaming.daphne.flow_control``), and ``put`` reports an overflow so the
+consumer can close the client with ``slow_consumer``. Other clients never wait for it.
 
 Frames that queue up behind a busy socket (or behind a busy process) leave as one: the writer merges what is queued
 into a single JSON array, up to the frame size limit, keeping the order. Each send costs the server (and the client)

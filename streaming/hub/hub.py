@@ -20,13 +20,13 @@ import orjson
 
 from streaming import metrics
 from streaming.codes import STATUS_EVENT, SUBSCRIBED_PREFIX, Status
-from streaming.exceptions import UpstreamError, UpstreamUnavailable
-from streaming.runtime.backoff import Backoff
 from streaming.conf import stream_settings
+from streaming.exceptions import UpstreamError, UpstreamUnavailable
 from streaming.hub.index import MAX_FRAME_BYTES, Subscription, SubscriptionIndex, encode_frames
+from streaming.hub.source import FeedConnection, open_upstream
+from streaming.runtime.backoff import Backoff
 from streaming.runtime.loop_local import LoopLocal
 from streaming.runtime.tasks import BackgroundTasks
-from streaming.hub.source import FeedConnection, open_upstream
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class UpstreamHub:
         self._last_failure = ""
 
     @classmethod
-    def for_market(cls, market: str) -> "UpstreamHub":
+    def for_market(cls, market: str) -> UpstreamHub:
         """The hub of *market* for the running event loop (one per process in production)."""
         hubs = cls._hubs.get(dict)
         hub = hubs.get(market)

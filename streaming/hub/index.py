@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
-
 WILDCARD = "*"
 MAX_FRAME_BYTES = 1_000_000  # official Go clients refuse larger frames
 FRAME_OVERHEAD = 2  # the brackets of the JSON array

@@ -6,7 +6,6 @@ of hanging a handshake; channels-redis keeps its own pool with the long socket t
 
 from __future__ import annotations
 
-
 import redis.asyncio
 import redis.asyncio.sentinel
 from django.conf import settings
