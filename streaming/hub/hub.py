@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Protocol
 
 import orjson
@@ -34,8 +34,8 @@ UPSTREAM_ACK_TIMEOUT_SECONDS = 5.0
 YIELD_INTERVAL_SECONDS = 0.005  # longest the router runs through a backlog before the client writers get a turn
 
 
-class Subscriber(Protocol):
-    """What the hub needs from a client connection."""
+class Subscriber(Hashable, Protocol):
+    """What the hub needs from a client connection (the index keys clients by identity)."""
 
     def deliver(self, frames: list[bytes]) -> None:
         """Queue UTF-8 text frames for the client (never blocks)."""
@@ -57,7 +57,7 @@ class UpstreamHub:
         self.api_key = api_key
         self.idle_seconds = idle_seconds
         self.silence_seconds = silence_seconds
-        self.index = SubscriptionIndex()
+        self.index: SubscriptionIndex[Subscriber] = SubscriptionIndex()
         self.backoff = Backoff()
         self.connected = asyncio.Event()
         self._connection: FeedConnection | None = None
