@@ -19,7 +19,7 @@ import asyncio
 import signal
 
 import orjson
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -46,8 +46,8 @@ class Ceiling:
         self.groups: dict[frozenset[str], Group] = {}
         self.group_of: dict[ServerConnection, Group] = {}
         self.wildcard_groups: dict[str, set[Group]] = {}
-        self.symbol_groups: dict[tuple[str, str], set[Group]] = {}
-        self.upstream = None
+        self.symbol_groups: dict[tuple[str, ...], set[Group]] = {}
+        self.upstream: ClientConnection | None = None
         self.upstream_items: set[str] = set()
 
     async def run_upstream(self) -> None:

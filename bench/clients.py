@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
@@ -226,7 +228,10 @@ def worker(job, pipe) -> None:
     from bench.stack import raise_fd_limit
 
     raise_fd_limit()
-    runner = {StreamJob: run_stream, AdmitJob: run_admit, IdleJob: run_idle}[type(job)]
+    runners: dict[type, Callable[[Any, Any], Coroutine[Any, Any, None]]] = {
+        StreamJob: run_stream, AdmitJob: run_admit, IdleJob: run_idle,
+    }
+    runner = runners[type(job)]
     try:
         asyncio.run(runner(job, pipe))
     except BaseException as error:  # report, so the harness does not wait forever

@@ -396,6 +396,7 @@ def idle(env: Environment, targets: list[Target], *, steps: list[int], runs: int
                 log(f"  idle run {run} {target.label}: {held} connections, RSS {rss / 2**20:.0f} MB, "
                     f"{per_connection / 1024:.1f} KB/connection, CPU while idle {idle_cpu:.1f}%")
             workers.ask(("close",), "result")
+            assert baseline is not None  # measured at the first step
             trials.append({"run": run, "target": target.label, "baseline_rss_mb": baseline[1] / 2**20,
                            "points": points})
         finally:

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 def patched_write_entry(original: Callable[..., None]) -> Callable[..., None]:
     def write_entry(
-        self: Any, host: Any, date: Any, request: str, status: Any = None, length: Any = None, **_: Any
+        self: Any, host: Any, date: Any, request: str, status: Any = None, length: Any = None, **extra: Any
     ) -> None:
         """One access-log line per request or WebSocket event, through the ``streaming.daphne.access_log`` logger.
 

@@ -105,7 +105,7 @@ class Registrations:
         return {item.decode() for item in items}
 
 
-async def first_failure(*coroutines: Coroutine[Any, Any, None]) -> None:
+async def first_failure(*coroutines: Coroutine[Any, Any, object]) -> None:
     """Run *coroutines* until one ends; cancel the others and re-raise what ended it."""
     tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
     try:

@@ -128,7 +128,7 @@ class RelaySource:
         self._token_prefix = f"{registration.source_id}{TOKEN_SEPARATOR}"
         self._request_numbers = itertools.count(1)
         self._failure: str | None = None
-        self._keeper = asyncio.ensure_future(hold(registration, self._registration_lost))  # type: ignore[arg-type]
+        self._keeper = asyncio.ensure_future(hold(registration, self._registration_lost))
 
     @classmethod
     async def open(cls, market: str) -> RelaySource:
