@@ -1,7 +1,7 @@
 """Channels middleware that resolves the API key of a WebSocket handshake before the consumer runs.
 
-The outcome goes into ``scope["stream_auth"]`` (see ``streaming.gateway.credentials``); the consumer decides what to do with
-it after accepting the socket, since only an accepted socket can carry the contract's close codes.
+The outcome goes into ``scope["stream_auth"]`` (see ``streaming.gateway.credentials``); the consumer decides what to do
+with it after accepting the socket, since only an accepted socket can carry the contract's close codes.
 """
 
 from __future__ import annotations

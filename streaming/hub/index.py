@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
-
+from typing import Generic, TypeVar
 
 WILDCARD = "*"
 MAX_FRAME_BYTES = 1_000_000  # official Go clients refuse larger frames
 FRAME_OVERHEAD = 2  # the brackets of the JSON array
+
+C = TypeVar("C", bound=Hashable)  # a client
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,39 +37,39 @@ class Subscription:
 
 
 @dataclass(eq=False, slots=True)
-class Group:
+class Group(Generic[C]):
     """The clients subscribed to exactly ``items``, and the events routed to them from the current frame."""
 
     items: frozenset[Subscription]
-    members: set[Hashable] = field(default_factory=set)
+    members: set[C] = field(default_factory=set)
     batch: list[bytes] = field(default_factory=list)
 
 
-class SubscriptionIndex:
+class SubscriptionIndex(Generic[C]):
     """Subscriptions of every client of one market, indexed for routing."""
 
     def __init__(self) -> None:
-        self._group_of: dict[Hashable, Group] = {}
-        self._groups: dict[frozenset[Subscription], Group] = {}
-        self._wildcard_groups: dict[str, set[Group]] = {}
-        self._symbol_groups: dict[tuple[str, str], set[Group]] = {}
+        self._group_of: dict[C, Group[C]] = {}
+        self._groups: dict[frozenset[Subscription], Group[C]] = {}
+        self._wildcard_groups: dict[str, set[Group[C]]] = {}
+        self._symbol_groups: dict[tuple[str, str], set[Group[C]]] = {}
         self._item_counts: dict[Subscription, int] = {}
 
     # --- subscriptions --------------------------------------------------------------------------------------------
 
-    def subscriptions_of(self, client: Hashable) -> frozenset[Subscription]:
+    def subscriptions_of(self, client: C) -> frozenset[Subscription]:
         group = self._group_of.get(client)
         return group.items if group is not None else frozenset()
 
-    def clients(self) -> list[Hashable]:
+    def clients(self) -> list[C]:
         return list(self._group_of)
 
     def group_count(self) -> int:
         return len(self._groups)
 
-    def groups_taking_all(self, event_types: Iterable[str]) -> list[Group]:
+    def groups_taking_all(self, event_types: Iterable[str]) -> list[Group[C]]:
         """The groups holding the wildcard of each of *event_types*: they take every event of such a frame."""
-        candidates: set[Group] | None = None
+        candidates: set[Group[C]] | None = None
         for event_type in event_types:
             groups = self._wildcard_groups.get(event_type)
             if not groups:
@@ -75,7 +79,7 @@ class SubscriptionIndex:
                 return []
         return list(candidates or ())
 
-    def clients_of(self, item: Subscription) -> list[Hashable]:
+    def clients_of(self, item: Subscription) -> list[C]:
         """Clients whose subscriptions deliver *item*'s events (the item itself or its event type's wildcard)."""
         wildcard = Subscription(item.event_type, WILDCARD)
         return [client for client, group in self._group_of.items() if item in group.items or wildcard in group.items]
@@ -84,7 +88,7 @@ class SubscriptionIndex:
         """Every item some client holds: what the upstream must be subscribed to."""
         return set(self._item_counts)
 
-    def set_subscriptions(self, client: Hashable, items: Iterable[Subscription]) -> None:
+    def set_subscriptions(self, client: C, items: Iterable[Subscription]) -> None:
         """Replace *client*'s subscriptions (an empty set removes the client)."""
         new_items = frozenset(items)
         old = self._group_of.pop(client, None)
@@ -99,10 +103,10 @@ class SubscriptionIndex:
             for item in new_items:
                 self._item_counts[item] = self._item_counts.get(item, 0) + 1
 
-    def remove(self, client: Hashable) -> None:
+    def remove(self, client: C) -> None:
         self.set_subscriptions(client, ())
 
-    def _leave(self, client: Hashable, group: Group) -> None:
+    def _leave(self, client: C, group: Group[C]) -> None:
         group.members.discard(client)
         for item in group.items:
             remaining = self._item_counts[item] - 1
@@ -113,8 +117,8 @@ class SubscriptionIndex:
         if not group.members:
             self._drop_group(group)
 
-    def _create_group(self, items: frozenset[Subscription]) -> Group:
-        group = Group(items)
+    def _create_group(self, items: frozenset[Subscription]) -> Group[C]:
+        group: Group[C] = Group(items)
         self._groups[items] = group
         wildcard_types = {item.event_type for item in items if item.is_wildcard}
         for item in items:
@@ -124,28 +128,23 @@ class SubscriptionIndex:
                 self._symbol_groups.setdefault((item.event_type, item.symbol), set()).add(group)
         return group
 
-    def _drop_group(self, group: Group) -> None:
+    def _drop_group(self, group: Group[C]) -> None:
         del self._groups[group.items]
         for item in group.items:
-            index, key = (
-                (self._wildcard_groups, item.event_type) if item.is_wildcard
-                else (self._symbol_groups, (item.event_type, item.symbol))
-            )
-            groups = index.get(key)
-            if groups is not None:
-                groups.discard(group)
-                if not groups:
-                    del index[key]
+            if item.is_wildcard:
+                _discard(self._wildcard_groups, item.event_type, group)
+            else:
+                _discard(self._symbol_groups, (item.event_type, item.symbol), group)
 
     # --- routing --------------------------------------------------------------------------------------------------
 
-    def route(self, events: Iterable[tuple[str, str, bytes]], exclude: Iterable[Group] = ()) -> list[Group]:
+    def route(self, events: Iterable[tuple[str, str, bytes]], exclude: Iterable[Group[C]] = ()) -> list[Group[C]]:
         """Append each (event type, symbol, encoded event) to the batch of every group that takes it, except the
         groups in *exclude* (already served).
 
         Returns the groups that received something, in first-touched order; the caller sends and clears batches.
         """
-        touched: list[Group] = []
+        touched: list[Group[C]] = []
         wildcard_groups = self._wildcard_groups
         symbol_groups = self._symbol_groups
         skipped = set(exclude)
@@ -161,6 +160,15 @@ class SubscriptionIndex:
                     touched.append(group)
                 group.batch.append(encoded)
         return touched
+
+
+def _discard(index: dict[K, set[V]], key: K, value: V) -> None:
+    """Remove *value* from the set at *key*, and the set once empty."""
+    values = index.get(key)
+    if values is not None:
+        values.discard(value)
+        if not values:
+            del index[key]
 
 
 def encode_frames(events: list[bytes], limit: int = MAX_FRAME_BYTES) -> list[bytes]:
