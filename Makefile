@@ -8,7 +8,7 @@ LOCK := requirements/development.txt
 PRODUCTION_LOCK := requirements/production.txt
 export DJANGO_SETTINGS_MODULE := cutemarkets.settings
 
-.PHONY: run test serve test-postgres bench bench-quick setup system-deps lock clean
+.PHONY: run test lint serve test-postgres bench bench-quick setup system-deps lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ test: setup
 	else \
 		DJANGO_DEBUG=1 $(BIN)/python -m devstack.redis_server -- $(BIN)/pytest $(PYTEST_ARGS); \
 	fi
+
+# The linter and the type check (configured in pyproject.toml); CI runs them before the tests.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # Production mode, as in the container: migrate, collectstatic, then daphne (README, Deploying).
 serve: setup

@@ -266,10 +266,8 @@ def _cache_written(task: asyncio.Task) -> None:
 
 
 def _decide(prefix: str, secret: str, record: dict, now: datetime | None) -> Entitlement | Denial:
-    if "missing" in record:
-        record = None
     # The secret is checked before anything else about the key is revealed.
-    if record is None or not secret_matches(secret, record["secret_hash"]):
+    if "missing" in record or not secret_matches(secret, record["secret_hash"]):
         return Denial(DenialReason.UNKNOWN)
     if record["revoked_at"] is not None:
         return Denial(DenialReason.REVOKED)

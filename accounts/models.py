@@ -74,7 +74,7 @@ class ApiKeyManager(models.Manager["ApiKey"]):
         product: str,
         label: str = "",
         expires_at=None,
-    ) -> tuple["ApiKey", str]:
+    ) -> tuple[ApiKey, str]:
         """Create a key and return it with its raw value, which is never available again."""
         from accounts import keys
 

@@ -12,7 +12,6 @@ from django.dispatch import Signal, receiver
 from accounts import keys
 from accounts.models import ApiKey, Plan, ProductTier, User
 
-
 entitlements_changed = Signal()  # sent with user_ids: list[int]
 
 

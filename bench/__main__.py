@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.report import machine_info, print_summary, write_results
 from bench.scenarios import Target, admission, firehose, idle, selective, slow_consumer
@@ -20,7 +21,7 @@ from bench.stack import Environment, raise_fd_limit
 
 SCENARIOS = ("firehose", "selective", "admission", "idle", "slow")
 
-FULL = {
+FULL: dict[str, Any] = {
     "runs": 3,
     "processes": 2,
     "firehose": {"client_counts": [1, 10, 100, 1000], "rate": 40_000, "warmup": 2.0, "duration": 6.0},
@@ -32,7 +33,7 @@ FULL = {
     "users": 10000,
 }
 
-QUICK = {
+QUICK: dict[str, Any] = {
     "runs": 1,
     "processes": 2,
     "firehose": {"client_counts": [100], "rate": 40_000, "warmup": 1.0, "duration": 3.0},

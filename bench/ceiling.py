@@ -19,7 +19,7 @@ import asyncio
 import signal
 
 import orjson
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -46,8 +46,8 @@ class Ceiling:
         self.groups: dict[frozenset[str], Group] = {}
         self.group_of: dict[ServerConnection, Group] = {}
         self.wildcard_groups: dict[str, set[Group]] = {}
-        self.symbol_groups: dict[tuple[str, str], set[Group]] = {}
-        self.upstream = None
+        self.symbol_groups: dict[tuple[str, ...], set[Group]] = {}
+        self.upstream: ClientConnection | None = None
         self.upstream_items: set[str] = set()
 
     async def run_upstream(self) -> None:
@@ -79,7 +79,7 @@ class Ceiling:
                 return
         bodies = frame[2:-2].split(b"},{")  # generated events are flat objects: cut, never re-encode
         touched: list[Group] = []
-        for event, body in zip(events, bodies):
+        for event, body in zip(events, bodies, strict=False):
             ev = event["ev"]
             for group in self.wildcard_groups.get(ev, ()):
                 if not group.batch:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
@@ -125,7 +127,7 @@ async def run_stream(job: StreamJob, pipe) -> None:
     slow = job.slow or [False] * len(job.keys)
     connections = await bounded(
         [open_subscribed(job.url, key, params, is_slow, job.auth_by_message)
-         for key, params, is_slow in zip(job.keys, job.params, slow)],
+         for key, params, is_slow in zip(job.keys, job.params, slow, strict=False)],
         CONNECT_CONCURRENCY,
     )
     pipe.send(("ready", len(connections)))
@@ -134,14 +136,18 @@ async def run_stream(job: StreamJob, pipe) -> None:
     assert command == "measure"
     recorder = Recorder()
     recorder.start_ns, recorder.end_ns = int(start * 1e9), int(end * 1e9)
-    readers = [asyncio.ensure_future(recorder.read(ws)) for ws, is_slow in zip(connections, slow) if not is_slow]
+    readers = [
+        asyncio.ensure_future(recorder.read(ws)) for ws, is_slow in zip(connections, slow, strict=False) if not is_slow
+    ]
     slow_closed: list[float] = []
 
     async def watch_slow(websocket: ClientConnection) -> None:
         await websocket.wait_closed()
         slow_closed.append(time.time())
 
-    watchers = [asyncio.ensure_future(watch_slow(ws)) for ws, is_slow in zip(connections, slow) if is_slow]
+    watchers = [
+        asyncio.ensure_future(watch_slow(ws)) for ws, is_slow in zip(connections, slow, strict=False) if is_slow
+    ]
     await asyncio.sleep(max(0.0, end - time.time()) + 0.2)
     for reader in readers + watchers:
         reader.cancel()
@@ -222,7 +228,10 @@ def worker(job, pipe) -> None:
     from bench.stack import raise_fd_limit
 
     raise_fd_limit()
-    runner = {StreamJob: run_stream, AdmitJob: run_admit, IdleJob: run_idle}[type(job)]
+    runners: dict[type, Callable[[Any, Any], Coroutine[Any, Any, None]]] = {
+        StreamJob: run_stream, AdmitJob: run_admit, IdleJob: run_idle,
+    }
+    runner = runners[type(job)]
     try:
         asyncio.run(runner(job, pipe))
     except BaseException as error:  # report, so the harness does not wait forever

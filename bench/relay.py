@@ -95,7 +95,8 @@ def trial(env: Environment, mode: str, *, rate: float, clients: int, processes: 
         keys: list[str | None] = list(env.keys[:clients])
         params = [SUBSCRIPTION] * clients
         parts = max(1, min(processes, clients))
-        workers = Workers([StreamJob(server.url(), k, p) for k, p in zip(split(keys, parts), split(params, parts))])
+        jobs = [StreamJob(server.url(), k, p) for k, p in zip(split(keys, parts), split(params, parts), strict=True)]
+        workers = Workers(jobs)
         workers.replies("ready")
         clients_cpu = [psutil.Process(process.pid) for process in workers.processes]
         start = time.time() + warmup

@@ -187,7 +187,7 @@ def summary_rows(results: dict) -> list[tuple[str, str, str, str]]:
                      "met" if queries["resolve_cold"] <= 1 and queries["resolve_warm"] == 0 else "NOT met"))
     if "idle" in scenarios:
         idle_summary = scenarios["idle"]["summary"].get(label) or next(iter(scenarios["idle"]["summary"].values()))
-        for step, entry in idle_summary.items():
+        for entry in idle_summary.values():
             rows.append((f"4. idle: memory per subscribed connection at {int(entry['connections_held']):,}",
                          f"{entry['kb_per_connection']:.1f} KB (server CPU while idle "
                          f"{entry.get('idle_cpu_percent', float('nan')):.1f}%)", "< 40 KB",
@@ -215,7 +215,7 @@ def print_summary(results: dict) -> None:
     print()
     print(f"Summary ({results['mode']}, median of {results['runs']} run(s), {results['machine']['cores']} cores):")
     for row in rows:
-        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def markdown(results: dict) -> str:

@@ -83,7 +83,8 @@ def stream_trial(env: Environment, target: Target, *, rate: float, params: list[
         time.sleep(SERVER_SETTLE_SECONDS)
         processes = max(1, min(processes, clients))
         jobs = [StreamJob(server.url(), k, p, s, auth_by_message=target.kind == "direct")
-                for k, p, s in zip(split(keys, processes), split(params, processes), split(slow, processes))]
+                for k, p, s in zip(split(keys, processes), split(params, processes), split(slow, processes),
+                                   strict=True)]
         sampler = RssSampler(server)
         workers = Workers(jobs)
         workers.replies("ready")
@@ -395,6 +396,7 @@ def idle(env: Environment, targets: list[Target], *, steps: list[int], runs: int
                 log(f"  idle run {run} {target.label}: {held} connections, RSS {rss / 2**20:.0f} MB, "
                     f"{per_connection / 1024:.1f} KB/connection, CPU while idle {idle_cpu:.1f}%")
             workers.ask(("close",), "result")
+            assert baseline is not None  # measured at the first step
             trials.append({"run": run, "target": target.label, "baseline_rss_mb": baseline[1] / 2**20,
                            "points": points})
         finally:

@@ -33,7 +33,8 @@ def create_users(count: int) -> list[str]:
         )
         api_keys = []
         for user in users:
-            generated = keys.generate_key(Product.OPTIONS)
+            # Without django-stubs, mypy reads a TextChoices member as its (value, label) tuple.
+            generated = keys.generate_key(Product.OPTIONS)  # type: ignore[arg-type]
             raw_keys.append(generated.raw)
             api_keys.append(
                 ApiKey(user=user, product=Product.OPTIONS, prefix=generated.prefix, secret_hash=generated.secret_hash)

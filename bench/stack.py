@@ -81,7 +81,7 @@ class Environment:
     keys: list[str] = field(default_factory=list)
     db_queries: dict[str, int] = field(default_factory=dict)
 
-    def start(self) -> "Environment":
+    def start(self) -> Environment:
         (self.directory / "redis").mkdir(exist_ok=True)
         self.redis = RedisServer(self.directory / "redis").start()
         keys_file = self.directory / "keys.json"

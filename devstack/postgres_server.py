@@ -71,7 +71,7 @@ class PostgresServer:
     def url(self) -> str:
         return f"postgres://{USER}:{PASSWORD}@127.0.0.1:{self.port}/{DATABASE}"
 
-    def start(self) -> "PostgresServer":
+    def start(self) -> PostgresServer:
         if self._run_as is not None:
             account = pwd.getpwnam(self._run_as)
             os.chown(self.directory, account.pw_uid, account.pw_gid)
@@ -130,7 +130,7 @@ class PostgresServer:
         if self._own_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    def __enter__(self) -> "PostgresServer":
+    def __enter__(self) -> PostgresServer:
         try:
             return self.start()
         except BaseException:

@@ -19,9 +19,9 @@ logger = logging.getLogger(__name__)
 
 def patched_write_entry(original: Callable[..., None]) -> Callable[..., None]:
     def write_entry(
-        self: Any, host: Any, date: Any, request: str, status: Any = None, length: Any = None, **_: Any
+        self: Any, host: Any, date: Any, request: str, status: Any = None, length: Any = None, **extra: Any
     ) -> None:
-        """One access-log line per request or WebSocket event, through this module's logger (``streaming.daphne.access_log``).
+        """One access-log line per request or WebSocket event, through the ``streaming.daphne.access_log`` logger.
 
         daphne logs an HTTP request's full URI, query string included, and a browser's key travels in ``?api_key=``;
         the query string is cut off here, whatever the protocol. Going through logging gives the line the process's

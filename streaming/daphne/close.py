@@ -25,7 +25,7 @@ FALLBACK_CLOSE_CODE = 1011
 SENDABLE_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 1012, 1013, 1014}) | frozenset(
     range(3000, 5000)
 )
-"""RFC 6455 / IANA codes a server may put in a close frame: never 1004-1006 or 1015 (reserved), nor 1010 (client-only)."""
+"""RFC 6455 / IANA codes a server may put in a close frame: never 1004-1006, 1015 (reserved) or 1010 (client-only)."""
 
 MAX_CLOSE_REASON_BYTES = 123
 """A close frame is a control frame (payload <= 125 bytes), two of which carry the code."""

@@ -68,7 +68,7 @@ class FlowControl:
         return self._writable.is_set() and not self._closed
 
     async def wait_writable(self) -> None:
-        """Return once the transport has drained, or at once if it has or when it gets closed (check ``is_closed()``)."""
+        """Return once the transport has drained (at once if it has), or once it is closed (check ``is_closed()``)."""
         await self._writable.wait()
 
     def is_closed(self) -> bool:
@@ -166,7 +166,7 @@ def text_frame_header(length: int) -> bytes:
 
 
 def get_flow_control(scope: dict[str, Any]) -> FlowControl | None:
-    """The connection's ``FlowControl``, or None when the server is not a patched daphne (uvicorn, test communicators)."""
+    """The connection's ``FlowControl``; None unless the server is a patched daphne (uvicorn, test communicators)."""
     return scope.get("extensions", {}).get(FLOW_CONTROL_EXTENSION)
 
 

@@ -75,7 +75,7 @@ def _stop_listening() -> None:
     """Close the listening sockets, so the load balancer sends new connections to the other processes."""
     from twisted.internet import reactor  # daphne's (asyncio) reactor: importing it earlier could install another
 
-    for reader in reactor.getReaders():
+    for reader in reactor.getReaders():  # type: ignore[misc]  # zope.interface methods take no self
         if IListeningPort.providedBy(reader):
             reader.stopListening()
 

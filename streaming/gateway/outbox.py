@@ -1,9 +1,9 @@
 """A client's bounded outbound queue, written out at the pace the socket takes.
 
-daphne never pushes back on ``send()``: it buffers whatever the application sends. The outbox is where a client
-that stops reading is caught instead: it holds at most ``limit_bytes`` of frames, frames leave only while the
-transport drains (daphne's flow-control extension, see ``streaming.daphne.flow_control``), and ``put`` reports an overflow
-so the consumer can close the client with ``slow_consumer``. Other clients never wait for it.
+daphne never pushes back on ``send()``: it buffers whatever the application sends. The outbox is where a client that
+stops reading is caught instead: it holds at most ``limit_bytes`` of frames, frames leave only while the transport
+drains (daphne's flow-control extension, see ``streaming.daphne.flow_control``), and ``put`` reports an overflow so the
+consumer can close the client with ``slow_consumer``. Other clients never wait for it.
 
 Frames that queue up behind a busy socket (or behind a busy process) leave as one: the writer merges what is queued
 into a single JSON array, up to the frame size limit, keeping the order. Each send costs the server (and the client)
@@ -48,8 +48,8 @@ class Outbox:
         return self._queued_bytes
 
     def start(self) -> None:
-        if self._flow_control is None:
-            self._writer = asyncio.ensure_future(self._drain())
+        if self._ready is not None:
+            self._writer = asyncio.ensure_future(self._drain(self._ready))
 
     def put(self, frames: list[bytes]) -> bool:
         """Queue UTF-8 text frames in order; False (and nothing queued) if they would exceed the budget."""
@@ -60,7 +60,7 @@ class Outbox:
             return False
         self._frames.extend(frames)
         self._queued_bytes += size
-        if self._flow_control is None:
+        if self._ready is not None:
             self._ready.set()
         elif not self._flush_scheduled and self._writer is None:
             self._flush_scheduled = True
@@ -80,26 +80,27 @@ class Outbox:
         """Write what is queued while the socket drains; when it stops draining, wait for it in a task."""
         self._flush_scheduled = False
         flow_control = self._flow_control
+        assert flow_control is not None  # only the direct path flushes
         while self._frames and not self._stopped:
             if not flow_control.is_writable():
                 if not flow_control.is_closed():
-                    self._writer = asyncio.ensure_future(self._flush_when_writable())
+                    self._writer = asyncio.ensure_future(self._flush_when_writable(flow_control))
                 return
             frame = self._next_frame()
             flow_control.write_text(frame)
             if self._on_sent is not None:
                 self._on_sent(frame)
 
-    async def _flush_when_writable(self) -> None:
-        await self._flow_control.wait_writable()
+    async def _flush_when_writable(self, flow_control: FlowControl) -> None:
+        await flow_control.wait_writable()
         self._writer = None
         self._flush()
 
-    async def _drain(self) -> None:
+    async def _drain(self, ready: asyncio.Event) -> None:
         while True:
             if not self._frames:
-                self._ready.clear()
-                await self._ready.wait()
+                ready.clear()
+                await ready.wait()
             frame = self._next_frame()
             await self._send(frame)
             if self._on_sent is not None:

@@ -14,7 +14,6 @@ from streaming.codes import Action
 from streaming.gateway.symbols import SYMBOL_CHECKS
 from streaming.hub.index import WILDCARD, Subscription
 
-
 MAX_MESSAGE_BYTES = 64 * 1024
 EVENT_TYPES = {
     "options": ("T", "Q", "A", "AM"),

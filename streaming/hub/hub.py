@@ -13,20 +13,20 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Protocol
 
 import orjson
 
 from streaming import metrics
 from streaming.codes import STATUS_EVENT, SUBSCRIBED_PREFIX, Status
-from streaming.exceptions import UpstreamError, UpstreamUnavailable
-from streaming.runtime.backoff import Backoff
 from streaming.conf import stream_settings
+from streaming.exceptions import UpstreamError, UpstreamUnavailable
 from streaming.hub.index import MAX_FRAME_BYTES, Subscription, SubscriptionIndex, encode_frames
+from streaming.hub.source import FeedConnection, open_upstream
+from streaming.runtime.backoff import Backoff
 from streaming.runtime.loop_local import LoopLocal
 from streaming.runtime.tasks import BackgroundTasks
-from streaming.hub.source import FeedConnection, open_upstream
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +34,8 @@ UPSTREAM_ACK_TIMEOUT_SECONDS = 5.0
 YIELD_INTERVAL_SECONDS = 0.005  # longest the router runs through a backlog before the client writers get a turn
 
 
-class Subscriber(Protocol):
-    """What the hub needs from a client connection."""
+class Subscriber(Hashable, Protocol):
+    """What the hub needs from a client connection (the index keys clients by identity)."""
 
     def deliver(self, frames: list[bytes]) -> None:
         """Queue UTF-8 text frames for the client (never blocks)."""
@@ -57,7 +57,7 @@ class UpstreamHub:
         self.api_key = api_key
         self.idle_seconds = idle_seconds
         self.silence_seconds = silence_seconds
-        self.index = SubscriptionIndex()
+        self.index: SubscriptionIndex[Subscriber] = SubscriptionIndex()
         self.backoff = Backoff()
         self.connected = asyncio.Event()
         self._connection: FeedConnection | None = None
@@ -74,7 +74,7 @@ class UpstreamHub:
         self._last_failure = ""
 
     @classmethod
-    def for_market(cls, market: str) -> "UpstreamHub":
+    def for_market(cls, market: str) -> UpstreamHub:
         """The hub of *market* for the running event loop (one per process in production)."""
         hubs = cls._hubs.get(dict)
         hub = hubs.get(market)

@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 
 WILDCARD = "*"
 MAX_FRAME_BYTES = 1_000_000  # official Go clients refuse larger frames
 FRAME_OVERHEAD = 2  # the brackets of the JSON array
+
+C = TypeVar("C", bound=Hashable)  # a client
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +37,7 @@ class Subscription:
 
 
 @dataclass(eq=False, slots=True)
-class Group:
+class Group(Generic[C]):
     """The clients subscribed to exactly ``items``, and the events routed to them from the current frame.
 
     ``key`` is an order-independent sum of the items' hashes, kept up to date item by item, so that a group can be
@@ -43,7 +46,7 @@ class Group:
 
     items: set[Subscription] = field(default_factory=set)
     key: int = 0
-    members: set[Hashable] = field(default_factory=set)
+    members: set[C] = field(default_factory=set)
     batch: list[bytes] = field(default_factory=list)
     wildcard_types: set[str] = field(default_factory=set)
 
@@ -55,7 +58,7 @@ def _item_key(item: Subscription) -> int:
 KEY_MASK = (1 << 64) - 1
 
 
-class SubscriptionIndex:
+class SubscriptionIndex(Generic[C]):
     """Subscriptions of every client of one market, indexed for routing.
 
     Changing a client's subscriptions costs in proportion to the change, not to what the client or the market
@@ -65,29 +68,29 @@ class SubscriptionIndex:
     """
 
     def __init__(self) -> None:
-        self._group_of: dict[Hashable, Group] = {}
-        self._groups: dict[int, list[Group]] = {}
-        self._wildcard_groups: dict[str, set[Group]] = {}
-        self._symbol_groups: dict[tuple[str, str], set[Group]] = {}
+        self._group_of: dict[C, Group[C]] = {}
+        self._groups: dict[int, list[Group[C]]] = {}
+        self._wildcard_groups: dict[str, set[Group[C]]] = {}
+        self._symbol_groups: dict[tuple[str, str], set[Group[C]]] = {}
         self._item_counts: dict[Subscription, int] = {}
         self._group_count = 0
 
     # --- subscriptions --------------------------------------------------------------------------------------------
 
-    def subscriptions_of(self, client: Hashable) -> AbstractSet[Subscription]:
+    def subscriptions_of(self, client: C) -> AbstractSet[Subscription]:
         """The client's items (a live view: do not modify it)."""
         group = self._group_of.get(client)
         return group.items if group is not None else frozenset()
 
-    def clients(self) -> list[Hashable]:
+    def clients(self) -> list[C]:
         return list(self._group_of)
 
     def group_count(self) -> int:
         return self._group_count
 
-    def groups_taking_all(self, event_types: Iterable[str]) -> list[Group]:
+    def groups_taking_all(self, event_types: Iterable[str]) -> list[Group[C]]:
         """The groups holding the wildcard of each of *event_types*: they take every event of such a frame."""
-        candidates: set[Group] | None = None
+        candidates: set[Group[C]] | None = None
         for event_type in event_types:
             groups = self._wildcard_groups.get(event_type)
             if not groups:
@@ -97,7 +100,7 @@ class SubscriptionIndex:
                 return []
         return list(candidates or ())
 
-    def clients_of(self, item: Subscription) -> list[Hashable]:
+    def clients_of(self, item: Subscription) -> list[C]:
         """Clients whose subscriptions deliver *item*'s events (the item itself or its event type's wildcard)."""
         groups = set(self._wildcard_groups.get(item.event_type, ()))
         if not item.is_wildcard:
@@ -108,7 +111,7 @@ class SubscriptionIndex:
         """Every item some client holds: what the upstream must be subscribed to (a live view)."""
         return self._item_counts.keys()
 
-    def add(self, client: Hashable, items: Iterable[Subscription]) -> list[Subscription]:
+    def add(self, client: C, items: Iterable[Subscription]) -> list[Subscription]:
         """Add *items* to *client*'s subscriptions; returns those no client held before."""
         group = self._group_of.get(client)
         new = [item for item in dict.fromkeys(items) if group is None or item not in group.items]
@@ -120,7 +123,7 @@ class SubscriptionIndex:
         self._settle(client, group)
         return self._count(new, 1)
 
-    def discard(self, client: Hashable, items: Iterable[Subscription]) -> list[Subscription]:
+    def discard(self, client: C, items: Iterable[Subscription]) -> list[Subscription]:
         """Remove *items* from *client*'s subscriptions; returns those no client holds any more."""
         group = self._group_of.get(client)
         if group is None:
@@ -136,7 +139,7 @@ class SubscriptionIndex:
         self._settle(client, group)
         return self._count(gone, -1)
 
-    def remove(self, client: Hashable) -> list[Subscription]:
+    def remove(self, client: C) -> list[Subscription]:
         """Forget *client*; returns the items no client holds any more."""
         group = self._group_of.pop(client, None)
         if group is None:
@@ -146,7 +149,7 @@ class SubscriptionIndex:
             self._drop_group(group)
         return self._count(group.items, -1)
 
-    def set_subscriptions(self, client: Hashable, items: Iterable[Subscription]) -> None:
+    def set_subscriptions(self, client: C, items: Iterable[Subscription]) -> None:
         """Replace *client*'s subscriptions (an empty set removes the client)."""
         wanted = set(items)
         held = self.subscriptions_of(client)
@@ -168,12 +171,12 @@ class SubscriptionIndex:
                 edges.append(item)
         return edges
 
-    def _own_group(self, client: Hashable, group: Group | None) -> Group:
+    def _own_group(self, client: C, group: Group[C] | None) -> Group[C]:
         """A group that *client* is the only member of, to change in place: its own, or a copy it leaves with."""
         if group is not None and len(group.members) == 1:
             self._unfile(group)
             return group
-        mine = Group()
+        mine: Group[C] = Group()
         if group is not None:
             group.members.discard(client)
             for item in group.items:
@@ -182,7 +185,7 @@ class SubscriptionIndex:
         self._group_of[client] = mine
         return mine
 
-    def _settle(self, client: Hashable, group: Group) -> None:
+    def _settle(self, client: C, group: Group[C]) -> None:
         """File a changed group under its new key, or move its one client into an equal group that exists."""
         for existing in self._groups.get(group.key, ()):
             if existing.items == group.items:
@@ -193,7 +196,7 @@ class SubscriptionIndex:
         self._groups.setdefault(group.key, []).append(group)
         self._group_count += 1
 
-    def _unfile(self, group: Group) -> None:
+    def _unfile(self, group: Group[C]) -> None:
         groups = self._groups.get(group.key)
         if groups is not None and group in groups:
             groups.remove(group)
@@ -201,7 +204,7 @@ class SubscriptionIndex:
             if not groups:
                 del self._groups[group.key]
 
-    def _add_item(self, group: Group, item: Subscription) -> None:
+    def _add_item(self, group: Group[C], item: Subscription) -> None:
         group.items.add(item)
         group.key = (group.key + _item_key(item)) & KEY_MASK
         if item.is_wildcard:
@@ -213,7 +216,7 @@ class SubscriptionIndex:
         elif item.event_type not in group.wildcard_types:
             self._symbol_groups.setdefault((item.event_type, item.symbol), set()).add(group)
 
-    def _discard_item(self, group: Group, item: Subscription) -> None:
+    def _discard_item(self, group: Group[C], item: Subscription) -> None:
         group.items.discard(item)
         group.key = (group.key - _item_key(item)) & KEY_MASK
         if item.is_wildcard:
@@ -225,25 +228,25 @@ class SubscriptionIndex:
         elif item.event_type not in group.wildcard_types:
             self._unindex_symbol(group, item)
 
-    def _drop_group(self, group: Group) -> None:
+    def _drop_group(self, group: Group[C]) -> None:
         self._unfile(group)
         self._drop_indexes(group)
 
-    def _drop_indexes(self, group: Group) -> None:
+    def _drop_indexes(self, group: Group[C]) -> None:
         for event_type in group.wildcard_types:
             self._unindex_wildcard(group, event_type)
         for item in group.items:
             if not item.is_wildcard and item.event_type not in group.wildcard_types:
                 self._unindex_symbol(group, item)
 
-    def _unindex_wildcard(self, group: Group, event_type: str) -> None:
+    def _unindex_wildcard(self, group: Group[C], event_type: str) -> None:
         groups = self._wildcard_groups.get(event_type)
         if groups is not None:
             groups.discard(group)
             if not groups:
                 del self._wildcard_groups[event_type]
 
-    def _unindex_symbol(self, group: Group, item: Subscription) -> None:
+    def _unindex_symbol(self, group: Group[C], item: Subscription) -> None:
         key = (item.event_type, item.symbol)
         groups = self._symbol_groups.get(key)
         if groups is not None:
@@ -253,13 +256,13 @@ class SubscriptionIndex:
 
     # --- routing --------------------------------------------------------------------------------------------------
 
-    def route(self, events: Iterable[tuple[str, str, bytes]], exclude: Iterable[Group] = ()) -> list[Group]:
+    def route(self, events: Iterable[tuple[str, str, bytes]], exclude: Iterable[Group[C]] = ()) -> list[Group[C]]:
         """Append each (event type, symbol, encoded event) to the batch of every group that takes it, except the
         groups in *exclude* (already served).
 
         Returns the groups that received something, in first-touched order; the caller sends and clears batches.
         """
-        touched: list[Group] = []
+        touched: list[Group[C]] = []
         wildcard_groups = self._wildcard_groups
         symbol_groups = self._symbol_groups
         skipped = set(exclude)

@@ -19,11 +19,9 @@ from typing import Any
 import redis.asyncio
 import redis.exceptions
 
-from streaming.runtime.backoff import Backoff
 from streaming.conf import Upstream
 from streaming.exceptions import LeaseUnavailable, UpstreamError
-from streaming.runtime.lease import Lease, LossReason, hold
-from streaming.runtime.tasks import honouring_cancellation
+from streaming.relay.subscriptions import UpstreamSubscriptions
 from streaming.relay.wire import (
     KIND_ACK,
     KIND_END,
@@ -35,7 +33,9 @@ from streaming.relay.wire import (
     encode_request,
     upstream_acks,
 )
-from streaming.relay.subscriptions import UpstreamSubscriptions
+from streaming.runtime.backoff import Backoff
+from streaming.runtime.lease import Lease, LossReason, hold
+from streaming.runtime.tasks import honouring_cancellation
 from streaming.upstream.connection import UpstreamConnection
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class Registrations:
         return {item.decode() for item in items}
 
 
-async def first_failure(*coroutines: Coroutine[Any, Any, None]) -> None:
+async def first_failure(*coroutines: Coroutine[Any, Any, object]) -> None:
     """Run *coroutines* until one ends; cancel the others and re-raise what ended it."""
     tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
     try:
@@ -137,7 +137,8 @@ class RelaySession:
         requests = self.redis.pubsub()
         try:
             await honouring_cancellation(requests.subscribe(self.names.requests))
-            while await honouring_cancellation(requests.get_message(timeout=None)) is None:  # subscribed: no request is missed
+            # Wait for the subscription to be confirmed: from then on no request is missed.
+            while await honouring_cancellation(requests.get_message(timeout=None)) is None:
                 pass
             await self._announce()
             await self._reconcile([])

@@ -1,11 +1,11 @@
 """A gateway process's upstream in relay mode: the market's frames come from its feed relay through Redis.
 
-`RelaySource` is a `streaming.hub.source.FeedConnection`, offering the hub what `UpstreamConnection` offers (``subscribe``, ``unsubscribe``, ``frames``,
-``close``), so the hub, its fan-out, acks and slow-consumer bound stay as they are. Subscribing registers the items
-in Redis, where they live only while this process keeps refreshing them, and asks the relay to confirm; the relay's
-confirmation becomes the upstream's own ack, so the hub acks its clients when the item's data flows. Any doubt that
-every frame arrived (a gap, a new epoch, silence, a lost registration) ends the stream with `UpstreamUnavailable`,
-and the hub closes its clients with 1011.
+`RelaySource` is a `streaming.hub.source.FeedConnection`, offering the hub what `UpstreamConnection` offers
+(``subscribe``, ``unsubscribe``, ``frames``, ``close``), so the hub, its fan-out, acks and slow-consumer bound stay as
+they are. Subscribing registers the items in Redis, where they live only while this process keeps refreshing them, and
+asks the relay to confirm; the relay's confirmation becomes the upstream's own ack, so the hub acks its clients when the
+item's data flows. Any doubt that every frame arrived (a gap, a new epoch, silence, a lost registration) ends the stream
+with `UpstreamUnavailable`, and the hub closes its clients with 1011.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ import redis.exceptions
 
 from streaming.conf import stream_settings
 from streaming.exceptions import LeaseUnavailable, RelayGap, UpstreamUnavailable
-from streaming.runtime.lease import LossReason, hold
-from streaming.runtime.redis_client import redis_client
 from streaming.relay.wire import (
     KIND_ACK,
     KIND_END,
@@ -39,10 +37,13 @@ from streaming.relay.wire import (
     encode_request,
     without_upstream_acks,
 )
+from streaming.runtime.lease import LossReason, hold
+from streaming.runtime.redis_client import redis_client
 
 logger = logging.getLogger(__name__)
 
-# The relay sends a heartbeat every second (streaming.relay.leader.HEARTBEAT_SECONDS): this much silence means it is gone.
+# The relay sends a heartbeat every second (streaming.relay.leader.HEARTBEAT_SECONDS): this much silence means it is
+# gone.
 RELAY_SILENCE_SECONDS = 5.0
 OPEN_TIMEOUT_SECONDS = 5.0
 CLOSE_TIMEOUT_SECONDS = 2.0
@@ -127,10 +128,10 @@ class RelaySource:
         self._token_prefix = f"{registration.source_id}{TOKEN_SEPARATOR}"
         self._request_numbers = itertools.count(1)
         self._failure: str | None = None
-        self._keeper = asyncio.ensure_future(hold(registration, self._registration_lost))  # type: ignore[arg-type]
+        self._keeper = asyncio.ensure_future(hold(registration, self._registration_lost))
 
     @classmethod
-    async def open(cls, market: str) -> "RelaySource":
+    async def open(cls, market: str) -> RelaySource:
         """Subscribe to the market's relay; `UpstreamUnavailable` if Redis is unreachable or no relay streams."""
         settings = stream_settings()
         names = RelayNames(settings.relay_prefix, market)

@@ -14,7 +14,6 @@ from typing import NamedTuple
 import orjson
 
 from streaming.codes import STATUS_EVENT, SUBSCRIBED_PREFIX, UNSUBSCRIBED_PREFIX, Action, Status, ack_event
-
 from streaming.exceptions import RelayGap
 
 KIND_FRAME = b"F"  # an upstream frame, verbatim

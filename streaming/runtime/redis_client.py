@@ -6,6 +6,7 @@ of hanging a handshake; channels-redis keeps its own pool with the long socket t
 
 from __future__ import annotations
 
+from typing import Any
 
 import redis.asyncio
 import redis.asyncio.sentinel
@@ -31,7 +32,7 @@ def _connect() -> redis.asyncio.Redis:
     A Sentinel-managed client asks the sentinels for the master again whenever a connection to it fails, so after a
     failover the next lock refresh reaches the new master (where the lock may be missing: see README, Sentinel).
     """
-    options = {
+    options: dict[str, Any] = {
         "socket_timeout": SOCKET_TIMEOUT_SECONDS,
         "socket_connect_timeout": SOCKET_TIMEOUT_SECONDS,
         "health_check_interval": HEALTH_CHECK_INTERVAL_SECONDS,

@@ -59,7 +59,7 @@ class UpstreamConnection:
         self._websocket = websocket
 
     @classmethod
-    async def open(cls, url: str, api_key: str, timeout: float = OPEN_TIMEOUT_SECONDS) -> "UpstreamConnection":
+    async def open(cls, url: str, api_key: str, timeout: float = OPEN_TIMEOUT_SECONDS) -> UpstreamConnection:
         try:
             async with asyncio.timeout(timeout):
                 websocket = await connect(

@@ -12,7 +12,8 @@ from bench.workers import split, weighted_percentiles
 
 
 def test_stamp_replaces_every_placeholder_with_one_send_time():
-    frame = b"[{" + b"},{".join([b'"ev":"T","q":1,' + PLACEHOLDER_BYTES, b'"ev":"Q","q":2,' + PLACEHOLDER_BYTES]) + b"}]"
+    bodies = [b'"ev":"T","q":1,' + PLACEHOLDER_BYTES, b'"ev":"Q","q":2,' + PLACEHOLDER_BYTES]
+    frame = b"[{" + b"},{".join(bodies) + b"}]"
     before = time.time_ns()
     stamped = stamp(frame)
     events = orjson.loads(stamped)

@@ -21,7 +21,7 @@ MASTER = "gateway-master"
 READY_TIMEOUT_SECONDS = 10.0
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"  # proves that nothing falls back to REDIS_URL
 LOCKED_USER = 7
-PROBE = """
+PROBE = f"""
 import asyncio
 import django
 django.setup()
@@ -36,12 +36,12 @@ assert cache.get("sentinel-probe") == "cached"
 async def main():
     layer = get_channel_layer()
     channel = await layer.new_channel()
-    await layer.send(channel, {"type": "sentinel.probe"})
+    await layer.send(channel, {{"type": "sentinel.probe"}})
     assert (await layer.receive(channel))["type"] == "sentinel.probe"
-    assert await ConnectionLock(redis_client(), %d, ttl=60).acquire()
+    assert await ConnectionLock(redis_client(), {LOCKED_USER}, ttl=60).acquire()
 
 asyncio.run(main())
-""" % LOCKED_USER
+"""
 
 
 @pytest.fixture

@@ -103,7 +103,7 @@ def test_gateway_environment_points_at_the_compose_services():
 def test_the_simulator_is_the_default_upstream():
     simulator = command("feed-simulator", PLAIN_UP)
     assert simulator[:3] == ["python", "-m", "streaming.simulator"]
-    options = dict(zip(simulator[3::2], simulator[4::2]))
+    options = dict(zip(simulator[3::2], simulator[4::2], strict=True))
     assert options["--host"] == "0.0.0.0"
     for name in ("gateway", *RELAYS):
         environment = service(name)["environment"]

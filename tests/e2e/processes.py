@@ -77,7 +77,7 @@ class GatewayProcess:
     def url(self, path: str) -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
 
-    def start(self) -> "GatewayProcess":
+    def start(self) -> GatewayProcess:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),

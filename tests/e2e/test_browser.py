@@ -11,7 +11,7 @@ import asyncio
 import os
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import quote as percent_encode
 
 import pytest
@@ -65,7 +65,7 @@ class Tab:
         page.on("request", lambda request: self.requests.append(request))
         page.on("websocket", lambda websocket: self.websocket_urls.append(websocket.url))
 
-    async def open(self) -> "Tab":
+    async def open(self) -> Tab:
         await self.page.goto(f"http://{self.host}/")
         await expect(self.state).to_have_text("Not connected")
         await expect(self.state).to_have_attribute("aria-live", "polite")
@@ -144,7 +144,7 @@ async def tabs(browser, streaming_gateway, keys):
 
 
 def clock(milliseconds: int) -> str:
-    return datetime.fromtimestamp(milliseconds / 1000, timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+    return datetime.fromtimestamp(milliseconds / 1000, UTC).strftime("%H:%M:%S.%f")[:-3]
 
 
 async def test_live_rows_arrive_and_stop_after_unsubscribe(tabs, simulator, keys):
@@ -250,7 +250,8 @@ async def test_the_key_stays_in_this_tabs_session_storage(tabs, browser, keys):
     assert await page.evaluate(f"sessionStorage.getItem('{KEY_STORAGE}')") == keys["options"]
     assert await page.evaluate("localStorage.length") == 0
     assert await browser.cookies() == []
-    assert tab.websocket_urls == [f"ws://{tab.host}/v1/ws/options/?api_key={percent_encode(keys['options'], safe=URI_SAFE)}"]
+    api_key = percent_encode(keys["options"], safe=URI_SAFE)
+    assert tab.websocket_urls == [f"ws://{tab.host}/v1/ws/options/?api_key={api_key}"]
     await page.reload()
     await expect(page.get_by_label("API key")).to_have_value(keys["options"])
     other = await tabs()

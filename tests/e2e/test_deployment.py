@@ -28,8 +28,8 @@ from websockets.asyncio.client import connect
 from streaming import codes
 from tests.accounts.factories import make_key, make_user
 from tests.deployment import compose
-from tests.e2e.clients import TIMEOUT, bearer, expect_statuses, read_until_closed, rejected
 from tests.e2e import processes
+from tests.e2e.clients import TIMEOUT, bearer, expect_statuses, read_until_closed, rejected
 from tests.e2e.processes import LOG_DIR, PROJECT_DIR, free_port, wait_for_port
 
 pytestmark = pytest.mark.e2e
@@ -209,7 +209,8 @@ async def test_metrics_follow_admissions_and_rejections(gateway_factory, browser
     assert increase(during, "cutemarkets_stream_admissions_total", market="options") == 1
     for code in (codes.CloseCode.ALREADY_CONNECTED, codes.CloseCode.UNAUTHORIZED):
         assert increase(during, "cutemarkets_stream_rejections_total", market="options", code=str(code)) == 1
-    assert increase(after, "cutemarkets_stream_closes_total", market="options", code=str(codes.CloseCode.NORMAL_CLOSURE)) == 1
+    normal_closure = str(codes.CloseCode.NORMAL_CLOSURE)
+    assert increase(after, "cutemarkets_stream_closes_total", market="options", code=normal_closure) == 1
 
 
 async def wait_for_metric(port: int, name: str, expected: float, **labels: str) -> dict:

@@ -20,12 +20,12 @@ import pytest
 import redis
 from django.conf import settings
 
-from streaming.runtime.lock import KEY_PREFIX as LOCK_PREFIX
 from streaming.relay.wire import RelayNames
+from streaming.runtime.lock import KEY_PREFIX as LOCK_PREFIX
 from tests.accounts.factories import make_key, make_user
+from tests.e2e import processes
 from tests.e2e.clients import read_until_closed
 from tests.e2e.conftest import SIMULATOR_KEY
-from tests.e2e import processes
 from tests.e2e.processes import LOG_DIR, PROJECT_DIR, GatewayProcess
 from tests.e2e.test_streaming import Client, matching, open_client
 from tests.reliability.figures import record
@@ -81,7 +81,7 @@ class RelayProcess:
         self.log_path = LOG_DIR / f"{name}-{os.getpid()}-{time.monotonic_ns()}.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "RelayProcess":
+    def start(self) -> RelayProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "manage.py", "run_feed_relay", "--market", self.market],
@@ -185,7 +185,7 @@ def streaming_relay(simulator, redis_client) -> Callable[[], bool]:
 async def clients_on(gateways: list[GatewayProcess], keys: list[str]) -> list[Client]:
     """One client per key, spread over the gateways, each subscribed to its entry of SUBSCRIPTIONS."""
     clients = []
-    for number, (key, params) in enumerate(zip(keys, SUBSCRIPTIONS)):
+    for number, (key, params) in enumerate(zip(keys, SUBSCRIPTIONS, strict=True)):
         client = await open_client(gateways[number % len(gateways)], key, MARKET)
         acks = await client.subscribe(params)
         assert [ack["status"] for ack in acks] == ["success"] * len(acks)
@@ -206,7 +206,7 @@ async def assert_each_client_gets_exactly_its_events(simulator, clients: list[Cl
     await simulator.flush_aggregates(MARKET)
     sent = simulator.recorded(MARKET)
     simulator.stop_recording(MARKET)
-    for client, params in zip(clients, SUBSCRIPTIONS):
+    for client, params in zip(clients, SUBSCRIPTIONS, strict=True):
         expected = matching(sent, set(params.split(",")))
         assert expected, params
         received = await client.read_data(len(expected))

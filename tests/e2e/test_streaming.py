@@ -87,11 +87,15 @@ async def test_overlapping_and_wildcard_subscriptions_get_exactly_their_events(s
     acks = await wide.subscribe("T.*, Q.AAPL,T.AAPL")
     assert [ack["message"] for ack in acks] == ["subscribed to: T.*", "subscribed to: Q.AAPL", "subscribed to: T.AAPL"]
     await narrow.subscribe("T.AAPL,Q.AAPL,LULD.*,T.BRK.B")
-    await simulator.wait_for(lambda: {"T.*", "Q.AAPL", "T.AAPL", "LULD.*", "T.BRK.B"} <= simulator.subscriptions("stocks"))
+    await simulator.wait_for(
+        lambda: {"T.*", "Q.AAPL", "T.AAPL", "LULD.*", "T.BRK.B"} <= simulator.subscriptions("stocks")
+    )
 
     simulator.start_recording("stocks")
     await simulator.emit("stocks", 5000)
-    await simulator.send_events("stocks", [{"ev": "LULD", "T": "AAPL", "h": 200.5, "l": 180.25, "i": [], "z": 3, "t": 1, "q": 1}])
+    await simulator.send_events(
+        "stocks", [{"ev": "LULD", "T": "AAPL", "h": 200.5, "l": 180.25, "i": [], "z": 3, "t": 1, "q": 1}]
+    )
     sent = simulator.recorded("stocks")
     expected_wide = matching(sent, {"T.*", "Q.AAPL"})
     expected_narrow = matching(sent, {"T.AAPL", "Q.AAPL", "LULD.*", "T.BRK.B"})
@@ -183,7 +187,9 @@ async def test_acks_are_per_client(streaming_gateway, simulator, keys):
         ('{"action":"subscribe","params":"' + "T.A," * 20_000 + '"}', "message too large"),
     ],
 )
-async def test_bad_input_gets_an_error_status_and_the_socket_stays_open(streaming_gateway, simulator, keys, message, error):
+async def test_bad_input_gets_an_error_status_and_the_socket_stays_open(
+    streaming_gateway, simulator, keys, message, error
+):
     client = await open_client(streaming_gateway, keys["ann"]["stocks"], "stocks")
     statuses = await client.request(message, 1)
     assert statuses[0]["status"] == "error"

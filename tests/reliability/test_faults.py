@@ -18,8 +18,8 @@ from devstack.redis_server import RedisServer
 from streaming.runtime import lease, lock
 from streaming.simulator import FeedSimulator
 from tests.accounts.factories import make_key, make_user
-from tests.e2e.clients import Outcome, bearer, expect_statuses, read_until_closed
-from tests.e2e.conftest import SIMULATOR_KEY, gateway_factory, simulator, simulator_env  # noqa: F401
+from tests.e2e.clients import bearer, expect_statuses, read_until_closed
+from tests.e2e.conftest import SIMULATOR_KEY, simulator_env
 from tests.reliability.figures import record
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]

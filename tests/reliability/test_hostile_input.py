@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, event, given, settings as hypothesis_setting
 from streaming import codes
 from streaming.gateway import protocol
 from tests.accounts.factories import make_key, make_user
-from tests.e2e.conftest import SIMULATOR_KEY, simulator  # noqa: F401  (the feed simulator, in the test's loop)
+from tests.e2e.conftest import SIMULATOR_KEY
 from tests.reliability.figures import record
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db(transaction=True)]
@@ -62,7 +62,7 @@ FUZZ = hypothesis_settings(
 
 
 @pytest.fixture
-def gateway_settings(settings, simulator):  # noqa: F811
+def gateway_settings(settings, simulator):
     """The simulator as upstream of both markets, and a message rate that hypothesis' volume cannot trip."""
     settings.STREAM_UPSTREAMS = {
         market: {"URL": simulator.url(market), "API_KEY": SIMULATOR_KEY} for market in ("options", "stocks")
@@ -245,10 +245,10 @@ def assert_safe_shape(frame: str | bytes, exchange: Exchange) -> None:
     assert exchange.events, f"no answer to {client_text(frame)[:200]!r}"
     for raw in exchange.frames:
         assert len(raw.encode()) < MAX_FRAME_BYTES, raw[:200]
-    for event in exchange.events:
-        assert list(event) == ["ev", "status", "message"], event
-        assert event["ev"] == "status" and isinstance(event["status"], str), event
-        assert isinstance(event["message"], str) and len(event["message"]) <= MAX_REPLY_CHARS, event
+    for reply in exchange.events:
+        assert list(reply) == ["ev", "status", "message"], reply
+        assert reply["ev"] == "status" and isinstance(reply["status"], str), reply
+        assert isinstance(reply["message"], str) and len(reply["message"]) <= MAX_REPLY_CHARS, reply
     sent = client_text(frame)
     for marker in LEAK_MARKERS:
         if marker not in sent:  # the client's own words may be echoed (truncated); nothing else may

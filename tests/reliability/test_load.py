@@ -18,12 +18,11 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from accounts.models import ApiKey
 from streaming.runtime import lock
 from streaming.simulator import FeedSimulator
 from tests.accounts.factories import make_key, make_user
 from tests.e2e.clients import bearer
-from tests.e2e.conftest import ONE_ADDRESS_STORM, SIMULATOR_KEY, gateway_factory, simulator_env  # noqa: F401
+from tests.e2e.conftest import ONE_ADDRESS_STORM, SIMULATOR_KEY, simulator_env
 from tests.reliability.figures import record
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
@@ -207,13 +206,15 @@ async def test_soak_no_loss_no_reorder_flat_memory(gateway_factory, soak_keys):
                 if f"{event['ev']}.*" in wanted or f"{event['ev']}.{event.get('sym', event.get('T'))}" in wanted
             ])
         async with asyncio.timeout(30):
-            while not all(expected[-1] in events for expected, events in zip(expected_per_client, received)):
+            while not all(
+                expected[-1] in events for expected, events in zip(expected_per_client, received, strict=True)
+            ):
                 await asyncio.sleep(0.1)
         stop.set()
         await asyncio.gather(*tasks)
 
     total = 0
-    for expected, events in zip(expected_per_client, received):
+    for expected, events in zip(expected_per_client, received, strict=True):
         assert events, "a client received nothing"
         start = expected.index(events[0])
         window = expected[start:]

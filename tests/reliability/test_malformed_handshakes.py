@@ -32,7 +32,6 @@ from django.urls import reverse
 
 from accounts.models import ApiKey, Plan, ProductTier, User
 from tests.accounts.factories import ISSUED_KEYS, make_key, make_user
-from tests.e2e.conftest import gateway_factory  # noqa: F401  (real daphne processes; their logs are checked for keys)
 from tests.reliability.figures import record
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
@@ -138,7 +137,7 @@ class Connection:
         self.reply = Reply()
 
     @classmethod
-    async def open(cls, port: int, request: bytes) -> "Connection":
+    async def open(cls, port: int, request: bytes) -> Connection:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
         connection = cls(reader, writer)
         try:
@@ -325,7 +324,7 @@ def keys(transactional_db):
 
 
 @pytest.fixture
-def gateway(gateway_factory):  # noqa: F811
+def gateway(gateway_factory):
     return gateway_factory("hostile", **GATEWAY_ENV)
 
 
@@ -562,7 +561,7 @@ async def test_malformed_handshakes(gateway, keys, group):
     assert not problems, "\n".join(problems)
 
 
-async def test_refused_handshakes_leave_no_application_running(gateway_factory, keys):  # noqa: F811
+async def test_refused_handshakes_leave_no_application_running(gateway_factory, keys):
     """A refused handshake (HTTP 403 outside /v1/ws/) must not leave its application instance behind.
 
     The refusal consumer used to join the channel layer; its receive, cancelled while the Redis BZPOPMIN was in
@@ -837,7 +836,7 @@ def every_stored_text() -> list[tuple[str, str, str]]:
             quoted = db_connection.ops.quote_name(table)
             cursor.execute(f"SELECT * FROM {quoted}")
             for row in cursor.fetchall():
-                for column, value in zip(columns, row):
+                for column, value in zip(columns, row, strict=True):
                     if isinstance(value, memoryview):
                         value = bytes(value)
                     if isinstance(value, bytes):
@@ -899,7 +898,7 @@ async def use_every_way(
     return verdicts, releases
 
 
-def test_no_raw_key_or_secret_is_stored_anywhere(gateway_factory, transactional_db, client, clean_redis):  # noqa: F811
+def test_no_raw_key_or_secret_is_stored_anywhere(gateway_factory, transactional_db, client, clean_redis):
     """Keys made every way (factory, management command, admin), used every way through daphne, some revoked in the
     admin: no table, column, session or Redis value holds a raw key or its secret; only prefixes and hashes."""
     gateway = gateway_factory("key-handling", **GATEWAY_ENV)

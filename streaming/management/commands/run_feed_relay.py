@@ -12,9 +12,9 @@ import signal
 from django.core.management.base import BaseCommand, CommandError
 
 from streaming.conf import MARKETS, stream_settings
-from streaming.runtime.redis_client import redis_client
 from streaming.relay.leader import FeedRelay
 from streaming.relay.wire import RelayNames
+from streaming.runtime.redis_client import redis_client
 
 
 class Command(BaseCommand):

@@ -2,8 +2,9 @@
 
 WebSocket ``/close?code=&reason=`` accepts then closes; ``/frames`` sends ``FRAME_SIZES`` text frames through
 ``FlowControl.write_text`` interleaved with ASGI sends, then closes; ``/flood?id=&mode=`` sends to a client that does
-not read (``mode`` = outbox, wait or ignore: see the ``_flood_*`` functions). HTTP ``/stats`` returns what each flood connection observed, ``/abort?id=`` makes an ``ignore`` flood
-abort its connection. ``SHIM_APP_INSTALL=0`` in the environment leaves daphne unpatched.
+not read (``mode`` = outbox, wait or ignore: see the ``_flood_*`` functions). HTTP ``/stats`` returns what each flood
+connection observed, ``/abort?id=`` makes an ``ignore`` flood abort its connection. ``SHIM_APP_INSTALL=0`` in the
+environment leaves daphne unpatched.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ import asyncio
 
 import orjson
 
-from streaming.hub.index import MAX_FRAME_BYTES
 from streaming.gateway.outbox import Outbox
+from streaming.hub.index import MAX_FRAME_BYTES
 
 
 class AsgiSink:

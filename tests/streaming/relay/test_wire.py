@@ -7,6 +7,7 @@ import re
 import orjson
 import pytest
 
+from streaming.exceptions import RelayGap, UpstreamUnavailable
 from streaming.relay.wire import (
     KIND_ACK,
     KIND_END,
@@ -22,7 +23,6 @@ from streaming.relay.wire import (
     upstream_acks,
     without_upstream_acks,
 )
-from streaming.exceptions import RelayGap, UpstreamUnavailable
 
 FRAME = b'[{"ev":"T","sym":"BRK.B","p":1.5,"c":[0,12]},{"ev":"Q","sym":"O:SPY260515C00500000"}]'
 

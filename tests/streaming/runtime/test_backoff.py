@@ -11,7 +11,7 @@ def test_delays_grow_exponentially_within_jitter_and_cap():
     for _ in range(6):
         backoff.record_failure()
         ceilings.append(backoff.delay())
-    for delay, ceiling in zip(ceilings, [1, 2, 4, 8, 8, 8]):
+    for delay, ceiling in zip(ceilings, [1, 2, 4, 8, 8, 8], strict=True):
         assert ceiling / 2 - 0.01 <= delay <= ceiling
 
 
