@@ -72,8 +72,8 @@ def _export_initial_series() -> None:
             metric.labels(market)
     for reason in LossReason:
         LOCK_REFRESH_FAILURES.labels(reason.value)
-    for reason in DROP_REASONS:
-        SOCKETS_DROPPED.labels(reason)
+    for drop_reason in DROP_REASONS:
+        SOCKETS_DROPPED.labels(drop_reason)
 
 
 _export_initial_series()

@@ -33,7 +33,9 @@ def start_deadline(channel: Any) -> None:
     from twisted.internet import reactor  # daphne's (asyncio) reactor: importing it earlier could install another
 
     cancel_deadline(channel)
-    setattr(channel, _DEADLINE_ATTRIBUTE, reactor.callLater(header_timeout(), _expire, channel))
+    # zope.interface declares callLater without self, so mypy takes the delay for the callable:
+    deadline = reactor.callLater(header_timeout(), _expire, channel)  # type: ignore[arg-type]
+    setattr(channel, _DEADLINE_ATTRIBUTE, deadline)
 
 
 def cancel_deadline(channel: Any) -> None:
@@ -52,7 +54,7 @@ def _expire(channel: Any) -> None:
 
 
 def patched_connection_made(original: Callable[..., None]) -> Callable[..., None]:
-    def connectionMade(self: Any) -> None:  # noqa: N802 (Twisted's name)
+    def connectionMade(self: Any) -> None:
         """The first request's headers are due within the deadline."""
         original(self)
         start_deadline(self)
@@ -61,7 +63,7 @@ def patched_connection_made(original: Callable[..., None]) -> Callable[..., None
 
 
 def patched_all_headers_received(original: Callable[..., None]) -> Callable[..., None]:
-    def allHeadersReceived(self: Any) -> None:  # noqa: N802
+    def allHeadersReceived(self: Any) -> None:
         """The headers are in: the request proceeds under daphne's own timeouts."""
         cancel_deadline(self)
         original(self)
@@ -70,7 +72,7 @@ def patched_all_headers_received(original: Callable[..., None]) -> Callable[...,
 
 
 def patched_request_done(original: Callable[..., None]) -> Callable[..., None]:
-    def requestDone(self: Any, request: Any) -> None:  # noqa: N802
+    def requestDone(self: Any, request: Any) -> None:
         """A kept-alive connection's next request is due within the deadline too."""
         original(self, request)
         if self.transport is not None and not self._handlingRequest:
@@ -80,7 +82,7 @@ def patched_request_done(original: Callable[..., None]) -> Callable[..., None]:
 
 
 def patched_connection_lost(original: Callable[..., None]) -> Callable[..., None]:
-    def connectionLost(self: Any, reason: Any) -> None:  # noqa: N802
+    def connectionLost(self: Any, reason: Any) -> None:
         cancel_deadline(self)
         original(self, reason)
 

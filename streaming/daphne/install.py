@@ -48,7 +48,8 @@ def install() -> bool:
     from daphne.ws_protocol import WebSocketProtocol
     from twisted.web.http import HTTPChannel
 
-    autobahn.websocket.protocol.pformat = DeferredPformat
+    # Called like pformat; what it returns formats like pformat's str:
+    autobahn.websocket.protocol.pformat = DeferredPformat  # type: ignore[assignment]
     _patch(WebSocketProtocol, "handle_reply", patched_handle_reply)
     _patch(server_module.Server, "create_application", patched_create_application)
     _patch(server_module.Server, "kill_all_applications", patched_kill_all_applications)

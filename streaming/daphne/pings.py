@@ -46,7 +46,7 @@ def refuse_flood(protocol: Any, rate: float) -> None:
 
 
 def patched_on_ping(original: Callable[..., None]) -> Callable[..., None]:
-    def onPing(self: Any, payload: bytes) -> None:  # noqa: N802 (autobahn's name)
+    def onPing(self: Any, payload: bytes) -> None:
         """Answer within the connection's ping budget (see the module docstring), through its ``FlowControl``."""
         if self.state != self.STATE_OPEN:
             return

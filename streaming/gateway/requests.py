@@ -24,9 +24,9 @@ from streaming.conf import stream_settings
 from streaming.exceptions import UpstreamError
 from streaming.gateway import protocol
 from streaming.gateway.admission import Admission, Phase
-from streaming.runtime.ratelimit import TokenBucket
 from streaming.hub.hub import Subscriber, UpstreamHub
 from streaming.hub.index import Subscription
+from streaming.runtime.ratelimit import TokenBucket
 
 
 class Client(Subscriber, Protocol):

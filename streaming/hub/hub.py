@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Set as AbstractSet
 from typing import Protocol
 
 import orjson
@@ -91,7 +91,7 @@ class UpstreamHub:
 
     # --- client side ----------------------------------------------------------------------------------------------
 
-    def subscriptions_of(self, client: Subscriber) -> frozenset[Subscription]:
+    def subscriptions_of(self, client: Subscriber) -> AbstractSet[Subscription]:
         return self.index.subscriptions_of(client)
 
     async def subscribe(

@@ -8,11 +8,9 @@ group with a wildcard is never indexed under that event type's symbols, so nobod
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
-from collections.abc import Set as AbstractSet
+from collections.abc import Hashable, Iterable, Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
-
 
 WILDCARD = "*"
 MAX_FRAME_BYTES = 1_000_000  # official Go clients refuse larger frames

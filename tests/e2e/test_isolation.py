@@ -18,8 +18,8 @@ from websockets.exceptions import ConnectionClosed
 
 from accounts.models import Plan
 from streaming.codes import CloseCode
-from tests.accounts.factories import make_key, make_user
 from streaming.runtime.redis_client import redis_client
+from tests.accounts.factories import make_key, make_user
 from tests.e2e.clients import TIMEOUT, Outcome, bearer, expect_statuses, read_until_closed
 from tests.e2e.conftest import UNUSED_UPSTREAM_ENV, simulator_env
 from tests.e2e.test_deployment import scrape, value

@@ -43,7 +43,9 @@ LIMIT = protocol.MAX_MESSAGE_BYTES
 EVENT_TYPES = {"options": {"T", "Q", "A", "AM"}, "stocks": {"T", "Q", "A", "AM", "LULD", "NOI"}}
 SIMPLE_ITEMS = {
     "stocks": re.compile(r"(?P<ev>[A-Z]+)\.(?P<sym>[A-Z]{1,5}|\*)"),
-    "options": re.compile(r"(?P<ev>[A-Z]+)\.(?P<sym>O:[A-Z]{1,5}2[6-9](0[1-9]|1[0-2])(0[1-9]|1[0-9]|2[0-8])[CP][0-9]{8}|\*)"),
+    "options": re.compile(
+        r"(?P<ev>[A-Z]+)\.(?P<sym>O:[A-Z]{1,5}2[6-9](0[1-9]|1[0-2])(0[1-9]|1[0-9]|2[0-8])[CP][0-9]{8}|\*)"
+    ),
 }
 """Items that are plainly valid on each market (a subset of what the gateway accepts): each must be acknowledged."""
 LEAK_MARKERS = ("Traceback", "Error(", 'File "', ".py", "site-packages", "/work/", "<class ", " object at 0x",

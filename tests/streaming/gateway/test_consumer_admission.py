@@ -328,7 +328,8 @@ async def test_paths_outside_v1_ws_are_refused_at_the_handshake(application):
 @pytest.mark.parametrize("path", ["/v1/ws/options", "/v1/ws/options/"])
 async def test_trailing_slash_is_optional(application, customer, path):
     _, options_key, _ = customer
-    communicator = WebsocketCommunicator(application, path, headers=[(b"authorization", f"Bearer {options_key}".encode())])
+    headers = [(b"authorization", f"Bearer {options_key}".encode())]
+    communicator = WebsocketCommunicator(application, path, headers=headers)
     await communicator.connect(TIMEOUT)
     await expect(communicator, "connected", "auth_success")
     await communicator.disconnect()

@@ -10,7 +10,6 @@ one: the hub routes each frame in one go, in the order the feed sent them.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -344,7 +343,9 @@ async def test_a_client_is_acknowledged_after_the_feed_acknowledged_and_before_a
     assert client.log == [ACKNOWLEDGED, frame(trade("AAPL", 2))]
 
 
-async def test_a_feed_that_never_acknowledges_delays_the_client_ack_by_the_ack_timeout(manual_feed, monkeypatch, caplog):
+async def test_a_feed_that_never_acknowledges_delays_the_client_ack_by_the_ack_timeout(
+    manual_feed, monkeypatch, caplog
+):
     monkeypatch.setattr("streaming.hub.hub.UPSTREAM_ACK_TIMEOUT_SECONDS", 0.3)
     hub = UpstreamHub(MARKET, manual_feed.url, KEY, idle_seconds=IDLE)
     client = Client()
@@ -365,7 +366,8 @@ async def test_a_refused_authentication_fails_the_subscribe():
     async with ScriptedFeed(handshake=answering(refusal)) as feed:
         hub = UpstreamHub(MARKET, feed.url, KEY, idle_seconds=IDLE)
         client = Client()
-        with pytest.raises(UpstreamUnavailable, match="^upstream feed unavailable: auth_failed: authentication failed$"):
+        refusal = "^upstream feed unavailable: auth_failed: authentication failed$"
+        with pytest.raises(UpstreamUnavailable, match=refusal):
             await subscribe(hub, client, "T.AAPL")
         assert client.log == []
         assert hub.subscriptions_of(client) == frozenset()
@@ -457,7 +459,7 @@ async def test_reconnecting_to_a_flapping_upstream_backs_off_exponentially():
         opened = [session.opened_at for session in feed.sessions]
         assert len(opened) == attempts
         # The k-th failure allows the next attempt after a random delay between half and all of base * 2**k.
-        for failure, (earlier, later) in enumerate(zip(opened, opened[1:])):
+        for failure, (earlier, later) in enumerate(zip(opened, opened[1:], strict=False)):
             assert later - earlier >= base * 2**failure / 2
 
 

@@ -1,6 +1,5 @@
 import orjson
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from streaming.hub.index import MAX_FRAME_BYTES, Subscription, SubscriptionIndex, encode_frames
 

@@ -14,13 +14,13 @@ import redis.asyncio
 from django.conf import settings as django_settings
 
 from streaming.conf import Upstream
-from streaming.runtime.redis_client import redis_client
-from streaming.relay.leader import FeedRelay
-from streaming.relay.wire import KIND_FRAME, RelayNames, encode
-from streaming.hub.source import open_upstream
-from streaming.relay.source import RelaySource, Registration
-from streaming.simulator import FeedSimulator
 from streaming.exceptions import RelayGap, UpstreamUnavailable
+from streaming.hub.source import open_upstream
+from streaming.relay.leader import FeedRelay
+from streaming.relay.source import Registration, RelaySource
+from streaming.relay.wire import KIND_FRAME, RelayNames, encode
+from streaming.runtime.redis_client import redis_client
+from streaming.simulator import FeedSimulator
 from streaming.upstream.connection import UpstreamConnection
 
 KEY = "relay-test-key"
@@ -60,7 +60,7 @@ async def relays(simulator, relay_settings) -> AsyncIterator[Callable[[], Awaita
         return relay
 
     yield start
-    for relay, task in running:
+    for relay, _ in running:
         relay.stop()
     async with asyncio.timeout(TIMEOUT):
         await asyncio.gather(*(task for _, task in running))

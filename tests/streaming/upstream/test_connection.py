@@ -1,4 +1,5 @@
-"""streaming.upstream.connection against a real websockets feed server on loopback (tests/streaming/scripted_feed.py)."""
+"""streaming.upstream.connection against a real websockets feed server on loopback (tests/streaming/scripted_feed.py).
+"""
 
 from __future__ import annotations
 
@@ -63,7 +64,10 @@ async def test_open_waits_past_other_statuses_and_events_for_auth_success():
 
 @pytest.mark.parametrize(
     ("status", "message"),
-    [(Status.AUTH_FAILED, "authentication failed"), (Status.MAX_CONNECTIONS, "Maximum number of connections exceeded.")],
+    [
+        (Status.AUTH_FAILED, "authentication failed"),
+        (Status.MAX_CONNECTIONS, "Maximum number of connections exceeded."),
+    ],
 )
 async def test_a_refusal_raises_upstream_rejected_with_the_feeds_status_and_message(status, message):
     async with ScriptedFeed(handshake=answering(status_frame(status, message))) as feed:
