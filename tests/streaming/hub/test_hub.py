@@ -10,7 +10,6 @@ one: the hub routes each frame in one go, in the order the feed sent them.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
