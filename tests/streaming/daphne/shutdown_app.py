@@ -2,8 +2,8 @@
 
 WebSocket ``/ws?name=&mode=`` accepts and sends ``ready``, then, by ``mode``:
 
-* ``clean``: on ``websocket.disconnect``, spends ``SHUTDOWN_APP_CLEANUP`` seconds cleaning up (as the gateway releases its lock),
-  then finishes;
+* ``clean``: on ``websocket.disconnect``, spends ``SHUTDOWN_APP_CLEANUP`` seconds cleaning up (as the gateway
+  releases its lock), then finishes;
 * ``stubborn``: ignores ``websocket.disconnect`` and runs until it is cancelled;
 * ``late``: accepts only once the file ``SHUTDOWN_APP_ACCEPT`` names exists (the test creates it when the drain has
   begun), then behaves as ``clean``.

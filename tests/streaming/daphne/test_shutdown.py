@@ -164,7 +164,7 @@ def going_away(closed: ConnectionClosed) -> tuple[int, str]:
 GOING_AWAY = (CloseCode.GOING_AWAY, close.SHUTDOWN_REASON.decode())
 
 
-# --- through daphne ------------------------------------------------------------------------------------------------
+# --- through daphne ---------------------------------------------------------------------------------------------------
 
 
 async def test_sigterm_closes_every_websocket_with_1001_and_waits_for_the_apps_then_runs_the_hook_once(
@@ -220,7 +220,8 @@ async def test_a_socket_accepted_during_the_drain_is_closed_with_1001_and_waited
     server = start_daphne()
     steady = await clients(server.url("steady", "clean"))
     late = asyncio.ensure_future(connect(server.url("late", "late"), open_timeout=EXIT_TIMEOUT_SECONDS))
-    await until(lambda: [entry["name"] for entry in server.events("connect")] == ["steady", "late"], "the late handshake")
+    connected = lambda: [entry["name"] for entry in server.events("connect")] == ["steady", "late"]  # noqa: E731
+    await until(connected, "the late handshake")
     server.terminate()
     assert going_away(await close_received(steady)) == GOING_AWAY
     await until(lambda: "shutdown: closing 1 WebSocket(s)" in server.stderr(), "the drain's first pass")
@@ -244,7 +245,7 @@ async def test_with_nothing_open_the_process_exits_at_once_and_still_runs_the_ho
     assert server.records() == [{"event": "hook", "running": 0}]
 
 
-# --- drain_timeout -------------------------------------------------------------------------------------------------
+# --- drain_timeout ----------------------------------------------------------------------------------------------------
 
 
 def test_drain_timeout_reads_gateway_shutdown_timeout(settings):

@@ -53,7 +53,9 @@ class ScriptedRelay:
         """What makes `RelaySource.open` find a relay streaming."""
         await self.redis.set(NAMES.live, self.epoch, px=60_000)
 
-    async def publish(self, kind: bytes, payload: bytes = b"", epoch: int | None = None, seq: int | None = None) -> None:
+    async def publish(
+        self, kind: bytes, payload: bytes = b"", epoch: int | None = None, seq: int | None = None
+    ) -> None:
         self.seq = self.seq + 1 if seq is None else seq
         await self.redis.publish(NAMES.frames, encode(self.epoch if epoch is None else epoch, self.seq, kind, payload))
 
@@ -129,7 +131,7 @@ def registration(ttl: float = TTL, source: str = "gateway-1") -> Registration:
     return Registration(redis_client(), NAMES, source, ttl)
 
 
-# --- opening ---------------------------------------------------------------------------------------------------------
+# --- opening ----------------------------------------------------------------------------------------------------------
 
 
 async def test_open_refuses_when_no_relay_is_streaming():
@@ -168,7 +170,7 @@ async def test_open_leaves_no_subscription_behind_when_it_refuses():
     assert await redis_client().pubsub_numsub(NAMES.frames) == [(NAMES.frames.encode(), 0)]
 
 
-# --- the registration --------------------------------------------------------------------------------------------------
+# --- the registration -------------------------------------------------------------------------------------------------
 
 
 async def test_add_registers_the_items_with_a_ttl_and_publishes_the_request(requests):
@@ -298,7 +300,7 @@ async def test_close_unregisters_and_unsubscribes_from_the_relay(relay):
     assert await client.pubsub_numsub(NAMES.frames) == [(NAMES.frames.encode(), 0)]
 
 
-# --- frames ----------------------------------------------------------------------------------------------------------
+# --- frames -----------------------------------------------------------------------------------------------------------
 
 
 async def test_frames_yields_the_relays_upstream_frames_verbatim(source, relay):
