@@ -1,4 +1,5 @@
-"""streaming.upstream.connection against a real websockets feed server on loopback (tests/streaming/scripted_feed.py)."""
+"""streaming.upstream.connection against a real websockets feed server on loopback (tests/streaming/scripted_feed.py).
+"""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ async def open_failure(url: str, timeout: float = 5) -> tuple[UpstreamUnavailabl
     return raised.value, time.monotonic() - started
 
 
-# --- the handshake --------------------------------------------------------------------------------------------------
+# --- the handshake ----------------------------------------------------------------------------------------------------
 
 
 async def test_open_authenticates_with_the_key(feed):
@@ -63,7 +64,10 @@ async def test_open_waits_past_other_statuses_and_events_for_auth_success():
 
 @pytest.mark.parametrize(
     ("status", "message"),
-    [(Status.AUTH_FAILED, "authentication failed"), (Status.MAX_CONNECTIONS, "Maximum number of connections exceeded.")],
+    [
+        (Status.AUTH_FAILED, "authentication failed"),
+        (Status.MAX_CONNECTIONS, "Maximum number of connections exceeded."),
+    ],
 )
 async def test_a_refusal_raises_upstream_rejected_with_the_feeds_status_and_message(status, message):
     async with ScriptedFeed(handshake=answering(status_frame(status, message))) as feed:
@@ -141,7 +145,7 @@ async def test_a_frame_that_is_not_an_array_of_events_during_the_handshake_is_un
         await feed.sessions[0].wait_closed()
 
 
-# --- subscriptions --------------------------------------------------------------------------------------------------
+# --- subscriptions ----------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("method", ["subscribe", "unsubscribe"])
@@ -167,7 +171,7 @@ async def test_subscribing_on_a_lost_connection_raises_upstream_unavailable(feed
         await connection.subscribe(["T.AAPL"])
 
 
-# --- frames ---------------------------------------------------------------------------------------------------------
+# --- frames -----------------------------------------------------------------------------------------------------------
 
 
 async def test_frames_are_yielded_as_the_raw_bytes_the_feed_sent(feed, connection):
