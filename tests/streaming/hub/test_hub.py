@@ -128,7 +128,7 @@ def hub(feed) -> UpstreamHub:
     return UpstreamHub(MARKET, feed.url, KEY, idle_seconds=IDLE)
 
 
-# --- subscriptions --------------------------------------------------------------------------------------------------
+# --- subscriptions ----------------------------------------------------------------------------------------------------
 
 
 async def test_the_first_subscriber_opens_the_upstream_and_is_acknowledged_once_the_feed_is(hub, feed):
@@ -207,7 +207,7 @@ async def test_subscriptions_of_a_client_without_any_is_empty(hub):
     assert hub.subscriptions_of(Client()) == frozenset()
 
 
-# --- routing --------------------------------------------------------------------------------------------------------
+# --- routing ----------------------------------------------------------------------------------------------------------
 
 
 async def test_each_group_of_identical_subscriptions_gets_its_events_encoded_once(hub, feed):
@@ -283,7 +283,7 @@ async def test_events_carrying_their_ticker_in_t_are_routed_and_events_without_a
     assert trades.frames == [frame(trade("AAPL"))]
 
 
-# --- statuses and acknowledgements ----------------------------------------------------------------------------------
+# --- statuses and acknowledgements ------------------------------------------------------------------------------------
 
 
 async def test_a_status_goes_to_the_clients_of_the_item_it_names_or_else_to_everyone(hub, feed):
@@ -358,7 +358,7 @@ async def test_a_feed_that_never_acknowledges_delays_the_client_ack_by_the_ack_t
     assert await client.received(1) == [frame(trade("AAPL"))]
 
 
-# --- upstream failures ----------------------------------------------------------------------------------------------
+# --- upstream failures ------------------------------------------------------------------------------------------------
 
 
 async def test_a_refused_authentication_fails_the_subscribe():
@@ -366,8 +366,8 @@ async def test_a_refused_authentication_fails_the_subscribe():
     async with ScriptedFeed(handshake=answering(refusal)) as feed:
         hub = UpstreamHub(MARKET, feed.url, KEY, idle_seconds=IDLE)
         client = Client()
-        refusal = "^upstream feed unavailable: auth_failed: authentication failed$"
-        with pytest.raises(UpstreamUnavailable, match=refusal):
+        refused = "^upstream feed unavailable: auth_failed: authentication failed$"
+        with pytest.raises(UpstreamUnavailable, match=refused):
             await subscribe(hub, client, "T.AAPL")
         assert client.log == []
         assert hub.subscriptions_of(client) == frozenset()
@@ -463,7 +463,7 @@ async def test_reconnecting_to_a_flapping_upstream_backs_off_exponentially():
             assert later - earlier >= base * 2**failure / 2
 
 
-# --- idle upstream --------------------------------------------------------------------------------------------------
+# --- idle upstream ----------------------------------------------------------------------------------------------------
 
 
 async def test_the_upstream_closes_once_nobody_needed_it_for_the_idle_period(hub, feed):
@@ -501,7 +501,7 @@ async def test_a_subscriber_within_the_idle_period_keeps_the_upstream_connection
     assert len(feed.sessions) == 1 and not session.is_closed
 
 
-# --- one hub per market ---------------------------------------------------------------------------------------------
+# --- one hub per market -----------------------------------------------------------------------------------------------
 
 
 async def test_for_market_gives_one_hub_per_market_configured_from_the_settings(feed, settings):

@@ -1,5 +1,6 @@
 """Feed relays and relay sources in one event loop, against the suite's real Redis and the real feed simulator:
-acks, data, gaps, registration expiry, lease hand-over. Processes and daphne are covered in tests/e2e/test_relay.py.
+acks, data, gaps, registration expiry, lease hand-over. The source on its own, fed envelopes by the test, is in
+test_source.py; processes and daphne are covered in tests/e2e/test_relay.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from streaming.exceptions import RelayGap, UpstreamUnavailable
 from streaming.hub.source import open_upstream
 from streaming.relay.leader import FeedRelay
 from streaming.relay.source import Registration, RelaySource
-from streaming.relay.wire import KIND_FRAME, RelayNames, encode
+from streaming.relay.wire import RelayNames
 from streaming.runtime.redis_client import redis_client
 from streaming.simulator import FeedSimulator
 from streaming.upstream.connection import UpstreamConnection
@@ -107,11 +108,6 @@ def test_in_relay_mode_a_market_is_served_with_its_url_alone(relay_settings):
     assert stream_settings().upstream(MARKET) is None  # its own connection needs the key too
 
 
-async def test_no_relay_streaming_means_unavailable(relay_settings):
-    with pytest.raises(UpstreamUnavailable, match="no feed relay is streaming stocks"):
-        await RelaySource.open(MARKET)
-
-
 async def test_acks_come_once_subscribed_upstream_then_exactly_the_data(relays, simulator):
     await relays()
     await streaming(simulator)
@@ -173,34 +169,6 @@ async def test_a_registration_nobody_refreshes_expires_and_its_items_go(relays, 
     assert not await redis_client().sismember(NAMES.sources, "dead-process")
 
 
-async def test_a_source_whose_registration_vanished_reports_a_gap(relays, simulator):
-    await relays()
-    await streaming(simulator)
-    source = await RelaySource.open(MARKET)
-    frames = source.frames()
-    await source.subscribe(["T.AAPL"])
-    await read(frames, 1)
-    await redis_client().delete(NAMES.items(source._registration.source_id))
-    with pytest.raises(RelayGap, match="registration expired"):
-        await read(frames, 1_000_000)
-    await source.close()
-
-
-async def test_a_subscriber_dropped_by_redis_sees_a_gap(relays, simulator):
-    await relays()
-    await streaming(simulator)
-    source = await RelaySource.open(MARKET)
-    frames = source.frames()
-    await source.subscribe(["T.AAPL"])
-    await read(frames, 1)
-    killer = redis.asyncio.Redis.from_url(django_settings.REDIS_URL)
-    await killer.client_kill_filter(_type="pubsub")  # as Redis does to a subscriber over its output buffer limit
-    await killer.aclose()
-    with pytest.raises(RelayGap, match=NOT_SILENCE):
-        await read(frames, 1_000_000)
-    await source.close()
-
-
 async def test_a_slow_subscriber_is_disconnected_by_redis_and_sees_a_gap(relays, simulator):
     """Redis bounds what it buffers for a subscriber (client-output-buffer-limit pubsub); the relay never waits."""
     await relays()
@@ -222,19 +190,6 @@ async def test_a_slow_subscriber_is_disconnected_by_redis_and_sees_a_gap(relays,
     finally:
         await config.config_set("client-output-buffer-limit", original)
         await config.aclose()
-
-
-async def test_silence_from_the_relay_is_a_gap(relay_settings, monkeypatch):
-    monkeypatch.setattr("streaming.relay.source.RELAY_SILENCE_SECONDS", 0.3)
-    client = redis_client()
-    await client.set(NAMES.live, 1, px=5000)
-    source = await RelaySource.open(MARKET)
-    await client.publish(NAMES.frames, encode(1, 1, KIND_FRAME, b'[{"ev":"T","sym":"A"}]'))
-    frames = source.frames()
-    assert await read(frames, 1) == [{"ev": "T", "sym": "A"}]
-    with pytest.raises(RelayGap, match="nothing from the stocks relay"):
-        await anext(frames)
-    await source.close()
 
 
 async def test_a_stopping_relay_ends_the_stream_and_hands_over(relays, simulator):

@@ -43,7 +43,7 @@ async def open_failure(url: str, timeout: float = 5) -> tuple[UpstreamUnavailabl
     return raised.value, time.monotonic() - started
 
 
-# --- the handshake --------------------------------------------------------------------------------------------------
+# --- the handshake ----------------------------------------------------------------------------------------------------
 
 
 async def test_open_authenticates_with_the_key(feed):
@@ -145,7 +145,7 @@ async def test_a_frame_that_is_not_an_array_of_events_during_the_handshake_is_un
         await feed.sessions[0].wait_closed()
 
 
-# --- subscriptions --------------------------------------------------------------------------------------------------
+# --- subscriptions ----------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("method", ["subscribe", "unsubscribe"])
@@ -171,7 +171,7 @@ async def test_subscribing_on_a_lost_connection_raises_upstream_unavailable(feed
         await connection.subscribe(["T.AAPL"])
 
 
-# --- frames ---------------------------------------------------------------------------------------------------------
+# --- frames -----------------------------------------------------------------------------------------------------------
 
 
 async def test_frames_are_yielded_as_the_raw_bytes_the_feed_sent(feed, connection):
