@@ -146,7 +146,7 @@ class RelaySource:
                 streaming = await client.exists(names.live)
         except (redis.exceptions.RedisError, TimeoutError) as error:
             await _close_quietly(pubsub)
-            raise UpstreamUnavailable(f"feed relay unreachable: Redis {error or 'timed out'}") from None
+            raise UpstreamUnavailable(f"feed relay unreachable: Redis {str(error) or 'timed out'}") from None
         if not streaming:
             await _close_quietly(pubsub)
             raise UpstreamUnavailable(f"no feed relay is streaming {market}")

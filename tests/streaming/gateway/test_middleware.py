@@ -88,7 +88,9 @@ async def test_the_header_wins_over_the_query(keys):
 
 async def test_no_key_is_no_credential_and_nothing_resolved():
     """The key may still come in the auth message: the consumer decides."""
-    assert await handshake_auth("/v1/ws/options/?apikey=nope") == StreamAuth(credential=None, outcome=None)
+    auth = await handshake_auth("/v1/ws/options/?apikey=nope")
+    assert (auth.credential, auth.outcome, auth.refusal) == (None, None, None)
+    assert auth.pending is not None and auth.pending.released  # its address's slot, given back when it ended
 
 
 @pytest.mark.parametrize(
