@@ -28,7 +28,7 @@ from streaming.gateway.credentials import (
     StreamAuth,
     resolve_credential,
 )
-from streaming.gateway.fairness import AddressBudgets, PendingSocket
+from streaming.gateway.fairness import BLOCKED_MESSAGE, AddressBudgets, PendingSocket
 from streaming.gateway.key_usage import KeyUsage
 from streaming.gateway.rechecks import ControlListener, Recheckable
 from streaming.gateway.rules import Rejection, Rule, decide, reject
@@ -149,8 +149,7 @@ class Admission:
         """Admit with the key of the client's auth message, unless its address may not have keys looked up."""
         budgets = AddressBudgets.for_loop()
         if key and budgets.is_blocked(self._address):
-            refusal = budgets.admit_handshake(self._address)  # says why, and counts nothing while blocked
-            await self._candidate.close_with(reject(Rule.ADDRESS_OVER_BUDGET, reason=str(refusal)))
+            await self._candidate.close_with(reject(Rule.ADDRESS_OVER_BUDGET, reason=BLOCKED_MESSAGE))
             return
         credential = Credential(SOURCE_MESSAGE, key)
         outcome = await resolve_credential(credential) if key else None

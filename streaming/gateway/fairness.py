@@ -33,6 +33,7 @@ FORGET_AFTER_SECONDS = 2 * FAILURE_WINDOW_SECONDS
 PRUNE_EVERY = 1024
 """Handshakes between two sweeps of forgotten addresses."""
 IPV6_BUDGET_PREFIX = 64
+BLOCKED_MESSAGE = "too many failed authentications from your address: try again in a minute"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +107,7 @@ class AddressBudgets:
         now = self._clock()
         state = self._state(address, now)
         if state.blocked_until > now:
-            return "too many failed authentications from your address: try again in a minute"
+            return BLOCKED_MESSAGE
         if state.pending >= self.limits.pending_sockets:
             return (
                 f"too many connections from your address waiting to authenticate "
