@@ -1,11 +1,13 @@
 """The feed relay of one market (``manage.py run_feed_relay``): the deployment's one upstream connection for that
 market, published once to Redis for every gateway process.
 
-Run two per market. The relay holding the market's lease (a Redis key taken with SET NX PX and refreshed only while
-it still holds this relay's token) connects upstream, keeps its subscriptions equal to the union of what gateway
-processes registered, and publishes each upstream frame as an envelope carrying its epoch and sequence number. The
-other relay polls the lease and takes over within about one lease TTL when the holder dies. A holder that cannot
-confirm its lease closes the upstream connection before the lease could expire, so the upstream never sees two.
+Run two per market. The relay holding the market's lease (a Redis key taken with SET NX PX and refreshed only while it
+still holds this relay's token) connects upstream, reads what gateway processes registered once, then follows their
+announced changes one by one (`streaming.relay.wire.Change`; a change costs what its items cost, whatever the relay
+holds), keeps its upstream subscriptions equal to the union, and publishes each upstream frame as an envelope carrying
+its epoch and sequence number. The other relay polls the lease and takes over within about one lease TTL when the holder
+dies. A holder that cannot confirm its lease closes the upstream connection before the lease could expire, so the
+upstream never sees two.
 """
 
 from __future__ import annotations
@@ -21,16 +23,18 @@ import redis.exceptions
 
 from streaming.conf import Upstream
 from streaming.exceptions import LeaseUnavailable, UpstreamError
-from streaming.relay.subscriptions import UpstreamSubscriptions
+from streaming.relay.subscriptions import SourceItems, UpstreamSubscriptions
 from streaming.relay.wire import (
     KIND_ACK,
     KIND_END,
     KIND_FRAME,
     KIND_HEARTBEAT,
+    Change,
     RelayNames,
-    decode_request,
+    decode_change,
     encode,
-    encode_request,
+    encode_ack,
+    source_of,
     upstream_acks,
 )
 from streaming.runtime.backoff import Backoff
@@ -43,28 +47,24 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 1.0
 LIVE_TTL_SECONDS = 3 * HEARTBEAT_SECONDS  # gateways may open a source while this key exists
 LEASE_POLL_SECONDS = 0.5  # how often a standby tries to take the lease
-RECONCILE_POLL_SECONDS = 1.0  # registrations are re-read at least this often (expired ones drop out)
+LIVENESS_POLL_SECONDS = 1.0  # how often sources whose registration expired are looked for (and grace ends)
 UPSTREAM_CLOSE_TIMEOUT_SECONDS = 1.0
 END_TIMEOUT_SECONDS = 1.0
 
-# The union of the items of every registered gateway source whose registration has not expired; sources whose
-# registration is gone are dropped from the index in the same atomic step, so a source re-registering concurrently
-# is never lost.
-WANTED_SCRIPT = """
+# The ids of the registered gateway sources whose registration has not expired; sources whose registration is gone
+# are dropped from the index in the same atomic step, so a source re-registering concurrently is never lost.
+# KEYS[1]: the market's set of source ids. ARGV[1]: the prefix of a source's items key (the id completes it).
+LIVE_SOURCES_SCRIPT = """
 local ids = redis.call('smembers', KEYS[1])
-local keys = {}
+local live = {}
 for _, id in ipairs(ids) do
-    local key = ARGV[1] .. id
-    if redis.call('exists', key) == 1 then
-        keys[#keys + 1] = key
+    if redis.call('exists', ARGV[1] .. id) == 1 then
+        live[#live + 1] = id
     else
         redis.call('srem', KEYS[1], id)
     end
 end
-if #keys == 0 then
-    return {}
-end
-return redis.call('sunion', unpack(keys))
+return live
 """
 
 
@@ -96,13 +96,25 @@ class Registrations:
     """Reads what the market's gateway processes registered (see `streaming.relay.source.Registration`)."""
 
     def __init__(self, client: redis.asyncio.Redis, names: RelayNames) -> None:
+        self.redis = client
         self.names = names
-        self._script = client.register_script(WANTED_SCRIPT)
+        self._live_sources = client.register_script(LIVE_SOURCES_SCRIPT)
 
-    async def wanted(self) -> set[str]:
-        """Every item some live gateway source registered for the market."""
-        items = await honouring_cancellation(self._script(keys=[self.names.sources], args=[self.names.items_prefix]))
-        return {item.decode() for item in items}
+    async def live_sources(self) -> set[str]:
+        """The sources whose registration has not expired (one call, whatever they hold)."""
+        ids = await honouring_cancellation(
+            self._live_sources(keys=[self.names.sources], args=[self.names.items_prefix])
+        )
+        return {source.decode() for source in ids}
+
+    async def snapshot(self) -> dict[str, set[str]]:
+        """Every live source's items: read once per upstream session, before following the changes."""
+        sources = sorted(await self.live_sources())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for source in sources:
+                pipe.smembers(self.names.items(source))
+            members = await honouring_cancellation(pipe.execute())
+        return {source: {item.decode() for item in items} for source, items in zip(sources, members, strict=True)}
 
 
 async def first_failure(*coroutines: Coroutine[Any, Any, object]) -> None:
@@ -130,6 +142,7 @@ class RelaySession:
         self.epoch = epoch
         self.publisher = Publisher(client, names.frames, epoch)
         self.registrations = Registrations(client, names)
+        self.sources = SourceItems()
         self.subscriptions = UpstreamSubscriptions(grace_seconds)
 
     async def run(self) -> None:
@@ -141,7 +154,10 @@ class RelaySession:
             while await honouring_cancellation(requests.get_message(timeout=None)) is None:
                 pass
             await self._announce()
-            await self._reconcile([])
+            # After the subscription: a change racing the snapshot arrives again, and replaying it is harmless.
+            for source, items in (await self.registrations.snapshot()).items():
+                self.subscriptions.need(self.sources.add(source, items))
+            await self._sync_upstream(list(self.subscriptions.subscribed), [])
             logger.info("relay %s: streaming epoch %d (%d items)", self.market, self.epoch,
                         len(self.subscriptions.subscribed))
             await first_failure(self._pump(), self._beat(), self._serve(requests))
@@ -167,7 +183,7 @@ class RelaySession:
             if subscribed or unsubscribed:
                 completed = self.subscriptions.answered(subscribed + unsubscribed)
                 for token, items in completed.items():
-                    await self.publisher.publish(KIND_ACK, encode_request(token, items).encode())
+                    await self.publisher.publish(KIND_ACK, encode_ack(token, items).encode())
 
     async def _beat(self) -> None:
         while True:
@@ -176,21 +192,50 @@ class RelaySession:
             await self._announce()
 
     async def _serve(self, requests: redis.asyncio.client.PubSub) -> None:
-        """Reconcile on every batch of gateway requests, and at least every `RECONCILE_POLL_SECONDS`."""
+        """Apply each batch of announced changes as it comes; every `LIVENESS_POLL_SECONDS`, drop the sources
+        whose registration expired (their gateway died) and unsubscribe what is past its grace."""
+        next_poll = time.monotonic() + LIVENESS_POLL_SECONDS
         while True:
-            batch = []
-            message = await honouring_cancellation(
-                requests.get_message(ignore_subscribe_messages=True, timeout=RECONCILE_POLL_SECONDS)
-            )
+            message = await honouring_cancellation(requests.get_message(
+                ignore_subscribe_messages=True, timeout=max(0.0, next_poll - time.monotonic())
+            ))
+            added: list[str] = []
+            acks: list[tuple[str, list[str]]] = []
             while message is not None:
                 if message["type"] == "message":
-                    batch.append(message["data"].decode())
+                    self._apply(message["data"], added, acks)
                 message = await honouring_cancellation(requests.get_message(ignore_subscribe_messages=True, timeout=0))
-            await self._reconcile(batch)
+            now = time.monotonic()
+            if now >= next_poll:
+                live = await self.registrations.live_sources()
+                for source in self.sources.sources() - live:
+                    logger.warning("relay %s: registration of %s expired: dropping its items", self.market, source)
+                    self.subscriptions.unneed(self.sources.drop(source), now)
+                next_poll = now + LIVENESS_POLL_SECONDS
+            await self._sync_upstream(added, self.subscriptions.due(now))
+            for token, items in acks:
+                ready = self.subscriptions.request(token, items)
+                if ready:
+                    await self.publisher.publish(KIND_ACK, encode_ack(token, ready).encode())
 
-    async def _reconcile(self, requests: list[str]) -> None:
-        wanted = await self.registrations.wanted()
-        added, removed = self.subscriptions.reconcile(wanted, time.monotonic())
+    def _apply(self, data: bytes, added: list[str], acks: list[tuple[str, list[str]]]) -> None:
+        """Apply one announced change: what it makes the upstream need goes to *added*, its ack request to *acks*."""
+        try:
+            change, token, items = decode_change(data.decode())
+        except (UnicodeDecodeError, ValueError):
+            logger.warning("relay %s: ignoring a request that is not a registration change: %r", self.market,
+                           data[:40])
+            return
+        source = source_of(token)
+        if change is Change.ADDED:
+            added.extend(self.subscriptions.need(self.sources.add(source, items)))
+            acks.append((token, items))
+        elif change is Change.REMOVED:
+            self.subscriptions.unneed(self.sources.remove(source, items), time.monotonic())
+        else:
+            self.subscriptions.unneed(self.sources.drop(source), time.monotonic())
+
+    async def _sync_upstream(self, added: list[str], removed: list[str]) -> None:
         if added:
             await self.connection.subscribe(added)
         if removed:
@@ -198,11 +243,6 @@ class RelaySession:
         if added or removed:
             logger.info("relay %s: upstream +%d -%d items (now %d)", self.market, len(added), len(removed),
                         len(self.subscriptions.subscribed))
-        for request in requests:
-            token, items = decode_request(request)
-            ready = self.subscriptions.request(token, items)
-            if ready:
-                await self.publisher.publish(KIND_ACK, encode_request(token, ready).encode())
 
 
 class FeedRelay:

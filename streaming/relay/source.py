@@ -4,8 +4,10 @@
 (``subscribe``, ``unsubscribe``, ``frames``, ``close``), so the hub, its fan-out, acks and slow-consumer bound stay as
 they are. Subscribing registers the items in Redis, where they live only while this process keeps refreshing them, and
 asks the relay to confirm; the relay's confirmation becomes the upstream's own ack, so the hub acks its clients when the
-item's data flows. Any doubt that every frame arrived (a gap, a new epoch, silence, a lost registration) ends the stream
-with `UpstreamUnavailable`, and the hub closes its clients with 1011.
+item's data flows. Each change to the registration is announced to the relay in the same transaction
+(`streaming.relay.wire.Change`), so the relay follows it without re-reading the registrations. Any doubt that every
+frame arrived (a gap, a new epoch, silence, a lost registration) ends the stream with `UpstreamUnavailable`, and the
+hub closes its clients with 1011.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ from streaming.relay.wire import (
     KIND_ACK,
     KIND_END,
     KIND_FRAME,
+    TOKEN_SEPARATOR,
+    Change,
     RelayNames,
     SequenceCheck,
     ack_frame,
     decode,
-    decode_request,
-    encode_request,
+    decode_ack,
+    encode_change,
     without_upstream_acks,
 )
 from streaming.runtime.lease import LossReason, hold
@@ -48,7 +52,6 @@ RELAY_SILENCE_SECONDS = 5.0
 OPEN_TIMEOUT_SECONDS = 5.0
 CLOSE_TIMEOUT_SECONDS = 2.0
 REFRESH_FRACTION = 1 / 3
-TOKEN_SEPARATOR = "/"
 
 
 class Registration:
@@ -64,6 +67,7 @@ class Registration:
         self.source_id = source_id
         self.ttl = ttl
         self.items: set[str] = set()
+        self._lost = False
         self.confirmed_at: float | None = time.monotonic()  # nothing registered yet: nothing to lose
         self._key = names.items(source_id)
         self._ttl_ms = max(1, round(ttl * 1000))
@@ -72,15 +76,18 @@ class Registration:
     def refresh_interval(self) -> float:
         return self.ttl * REFRESH_FRACTION
 
-    async def add(self, items: list[str], request: str) -> None:
-        """Register *items* and ask the relay to confirm them (*request*), in one transaction."""
+    async def add(self, items: list[str], token: str) -> None:
+        """Register *items* and ask the relay to confirm them under *token*, in one transaction."""
         sent_at = time.monotonic()
         async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.exists(self._key)
             pipe.sadd(self._key, *items)
             pipe.pexpire(self._key, self._ttl_ms)
             pipe.sadd(self.names.sources, self.source_id)
-            pipe.publish(self.names.requests, request)
-            await pipe.execute()
+            pipe.publish(self.names.requests, encode_change(Change.ADDED, token, items))
+            existed, *_ = await pipe.execute()
+        if not existed and self.items:
+            self._lost = True  # expired before this re-created it: the items held before are gone (see `refresh`)
         self.items.update(items)  # after the write: a refresh racing it must not find the items missing
         self.confirmed_at = sent_at
 
@@ -91,6 +98,7 @@ class Registration:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.srem(self._key, *items)
             pipe.pexpire(self._key, self._ttl_ms)
+            pipe.publish(self.names.requests, encode_change(Change.REMOVED, self.source_id, items))
             await pipe.execute()
         self.confirmed_at = sent_at
 
@@ -101,7 +109,7 @@ class Registration:
             alive = await self.redis.pexpire(self._key, self._ttl_ms)
         except redis.exceptions.RedisError as error:
             raise LeaseUnavailable(f"cannot refresh {self._key}") from error
-        if not alive and self.items:
+        if self._lost or (not alive and self.items):
             return False
         self.confirmed_at = sent_at
         return True
@@ -111,6 +119,7 @@ class Registration:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(self._key)
             pipe.srem(self.names.sources, self.source_id)
+            pipe.publish(self.names.requests, encode_change(Change.RELEASED, self.source_id))
             await pipe.execute()
 
 
@@ -162,7 +171,7 @@ class RelaySource:
             return
         token = f"{self._token_prefix}{next(self._request_numbers)}"
         try:
-            await self._registration.add(wanted, encode_request(token, wanted))
+            await self._registration.add(wanted, token)
         except redis.exceptions.RedisError as error:
             raise UpstreamUnavailable(f"cannot register with the feed relay: {error}") from None
 
@@ -188,7 +197,7 @@ class RelaySource:
                 if frame is not None:
                     yield frame
             elif envelope.kind == KIND_ACK:
-                token, items = decode_request(envelope.payload.decode())
+                token, items = decode_ack(envelope.payload.decode())
                 if token.startswith(self._token_prefix) and items:
                     yield ack_frame(items)
             elif envelope.kind == KIND_END:

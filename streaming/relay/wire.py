@@ -1,4 +1,5 @@
-"""What feed relays and gateway processes say to each other through Redis: names, the envelope, gap detection.
+"""What feed relays and gateway processes say to each other through Redis: names, the envelope, gap detection, and
+the registration changes gateways announce.
 
 Every message on a market's frames channel is an envelope ``{epoch}:{seq}:{kind}{payload}``: the epoch names one
 continuous upstream session of one relay, and the sequence numbers its messages from 1 without holes, so a gateway
@@ -8,6 +9,7 @@ slow subscriber) and closes its clients instead of letting them miss events sile
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -17,7 +19,7 @@ from streaming.codes import STATUS_EVENT, SUBSCRIBED_PREFIX, UNSUBSCRIBED_PREFIX
 from streaming.exceptions import RelayGap
 
 KIND_FRAME = b"F"  # an upstream frame, verbatim
-KIND_ACK = b"A"  # the relay confirms a gateway's request: "{token} {item},{item}..."
+KIND_ACK = b"A"  # the relay confirms a gateway's added items: "{token} {item},{item}..."
 KIND_HEARTBEAT = b"H"  # nothing to say, but alive (no payload)
 KIND_END = b"E"  # this epoch is over (upstream lost, lease lost, relay stopping): payload is the reason
 KINDS = (KIND_FRAME, KIND_ACK, KIND_HEARTBEAT, KIND_END)
@@ -25,6 +27,7 @@ KINDS = (KIND_FRAME, KIND_ACK, KIND_HEARTBEAT, KIND_END)
 SEPARATOR = b":"
 REQUEST_SEPARATOR = " "
 ITEM_SEPARATOR = ","
+TOKEN_SEPARATOR = "/"  # a request token is "{source id}/{number}"
 STATUS_MARK = b'"status"'  # present in every frame that may carry a status event
 
 
@@ -53,7 +56,7 @@ class RelayNames:
 
     @property
     def requests(self) -> str:
-        """Pub/sub channel: gateways ask the relay to confirm items they just registered."""
+        """Pub/sub channel: gateways announce each change to their registration (see `Change`)."""
         return f"{self.base}requests"
 
     @property
@@ -122,11 +125,39 @@ class SequenceCheck:
         self.seq = seq
 
 
-def encode_request(token: str, items: list[str]) -> str:
+class Change(enum.StrEnum):
+    """A change to one gateway source's registration, announced on the requests channel as
+    ``{change}{token} {item},{item}...`` right after (in the same transaction as) the change itself, so the relay
+    follows every registration change by change instead of re-reading them all."""
+
+    ADDED = "+"  # token "{source}/{n}": the items were registered; the source wants an ack under that token
+    REMOVED = "-"  # token "{source}": the items were unregistered
+    RELEASED = "~"  # token "{source}": the whole registration is gone (no items)
+
+
+def encode_change(change: Change, token: str, items: list[str] | tuple[str, ...] = ()) -> str:
+    return f"{change}{encode_ack(token, list(items))}"
+
+
+def decode_change(text: str) -> tuple[Change, str, list[str]]:
+    """The change, its token and its items; `ValueError` for anything else (the relay ignores it)."""
+    change = Change(text[:1])
+    token, items = decode_ack(text[1:])
+    if not token:
+        raise ValueError("a registration change without a token")
+    return change, token, items
+
+
+def source_of(token: str) -> str:
+    """The gateway source that sent a change, from its token."""
+    return token.partition(TOKEN_SEPARATOR)[0]
+
+
+def encode_ack(token: str, items: list[str]) -> str:
     return f"{token}{REQUEST_SEPARATOR}{ITEM_SEPARATOR.join(items)}"
 
 
-def decode_request(text: str) -> tuple[str, list[str]]:
+def decode_ack(text: str) -> tuple[str, list[str]]:
     token, _, items = text.partition(REQUEST_SEPARATOR)
     return token, [item for item in items.split(ITEM_SEPARATOR) if item]
 

@@ -6,6 +6,8 @@ test_source.py; processes and daphne are covered in tests/e2e/test_relay.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -88,6 +90,31 @@ def ack(item: str) -> dict:
     return {"ev": "status", "status": "success", "message": f"subscribed to: {item}"}
 
 
+@contextlib.asynccontextmanager
+async def monitored() -> AsyncIterator[list[str]]:
+    """Every command Redis runs meanwhile, scripts' own included (MONITOR), as "NAME arg arg..." strings."""
+    commands: list[str] = []
+    end = f"end-of-monitoring-{time.monotonic_ns()}"
+    watching = threading.Event()
+
+    def watch() -> None:
+        with redis.Redis.from_url(django_settings.REDIS_URL).monitor() as monitor:
+            watching.set()
+            for entry in monitor.listen():
+                if end in entry["command"]:
+                    return
+                commands.append(entry["command"])
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    await asyncio.to_thread(watching.wait, TIMEOUT)
+    try:
+        yield commands
+    finally:
+        await redis_client().echo(end)
+        await asyncio.to_thread(watcher.join, TIMEOUT)
+
+
 async def test_relay_mode_opens_a_source_and_process_mode_the_feed(relay_settings, relays, simulator):
     await relays()
     await streaming(simulator)
@@ -163,10 +190,57 @@ async def test_a_registration_nobody_refreshes_expires_and_its_items_go(relays, 
     await relays()
     await streaming(simulator)
     orphan = Registration(redis_client(), NAMES, "dead-process", ttl=1.0)
-    await orphan.add(["T.NVDA"], "dead-process/1 T.NVDA")
+    await orphan.add(["T.NVDA"], "dead-process/1")
     await simulator.wait_for(lambda: "T.NVDA" in simulator.subscriptions(MARKET), timeout=TIMEOUT)
     await simulator.wait_for(lambda: "T.NVDA" not in simulator.subscriptions(MARKET), timeout=TIMEOUT)
     assert not await redis_client().sismember(NAMES.sources, "dead-process")
+
+
+async def test_a_change_costs_the_relay_its_own_items_and_no_read_of_what_others_hold(relays, simulator):
+    """The relay follows announced changes: one process holding thousands of items costs nothing to another
+    process's one-item subscription (no re-read of the registrations, no rebuild of the union)."""
+    await relays()
+    await streaming(simulator)
+    holder, newcomer = await RelaySource.open(MARKET), await RelaySource.open(MARKET)
+    holder_frames, newcomer_frames = holder.frames(), newcomer.frames()
+    held = [f"T.S{number}" for number in range(5000)]
+    await holder.subscribe(held)
+    await read(holder_frames, len(held))
+    async with monitored() as commands:
+        await newcomer.subscribe(["T.ONE"])
+        assert await read(newcomer_frames, 1) == [ack("T.ONE")]
+    assert any(command.upper().startswith("PUBLISH") for command in commands)  # the monitor saw the ack go out
+    reads = [command for command in commands
+             if command.split(" ", 1)[0].upper() in {"SMEMBERS", "SUNION", "SSCAN", "SINTER"}
+             and NAMES.items_prefix in command]
+    assert reads == []
+    assert simulator.subscriptions(MARKET) == set(held) | {"T.ONE"}
+    await holder.close()
+    await newcomer.close()
+
+
+async def test_a_starting_relay_subscribes_what_was_registered_before_it(relays, simulator):
+    """A relay taking over (or restarting) reads the registrations once, then follows their changes."""
+    earlier = Registration(redis_client(), NAMES, "earlier-process", ttl=30.0)
+    await earlier.add(["T.NVDA", "Q.NVDA"], "earlier-process/1")
+    await relays()
+    await simulator.wait_for(lambda: simulator.subscriptions(MARKET) == {"T.NVDA", "Q.NVDA"}, timeout=TIMEOUT)
+    await earlier.remove(["Q.NVDA"])
+    await simulator.wait_for(lambda: simulator.subscriptions(MARKET) == {"T.NVDA"}, timeout=TIMEOUT)
+    await earlier.release()
+    await simulator.wait_for(lambda: simulator.subscriptions(MARKET) == set(), timeout=TIMEOUT)
+
+
+async def test_a_relay_ignores_requests_that_are_not_registration_changes(relays, simulator):
+    await relays()
+    await streaming(simulator)
+    await redis_client().publish(NAMES.requests, "T.AAPL please")
+    source = await RelaySource.open(MARKET)
+    frames = source.frames()
+    await source.subscribe(["T.AAPL"])
+    assert await read(frames, 1) == [ack("T.AAPL")]
+    assert simulator.subscriptions(MARKET) == {"T.AAPL"}
+    await source.close()
 
 
 async def test_a_slow_subscriber_is_disconnected_by_redis_and_sees_a_gap(relays, simulator):

@@ -22,10 +22,11 @@ from streaming.relay.wire import (
     KIND_END,
     KIND_FRAME,
     KIND_HEARTBEAT,
+    Change,
     RelayNames,
-    decode_request,
+    decode_change,
     encode,
-    encode_request,
+    encode_ack,
 )
 from streaming.runtime.redis_client import redis_client
 
@@ -63,7 +64,7 @@ class ScriptedRelay:
         await self.publish(KIND_FRAME, payload)
 
     async def ack(self, token: str, items: list[str]) -> None:
-        await self.publish(KIND_ACK, encode_request(token, items).encode())
+        await self.publish(KIND_ACK, encode_ack(token, items).encode())
 
 
 @pytest.fixture(autouse=True)
@@ -108,12 +109,20 @@ def dead_redis(settings, tmp_path) -> RedisServer:
     return server
 
 
-async def next_request(pubsub: redis.asyncio.client.PubSub) -> tuple[str, list[str]]:
+async def next_change(pubsub: redis.asyncio.client.PubSub) -> tuple[Change, str, list[str]]:
+    """The next registration change announced on the requests channel."""
     async with asyncio.timeout(TIMEOUT):
         while True:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
             if message is not None and message["type"] == "message":
-                return decode_request(message["data"].decode())
+                return decode_change(message["data"].decode())
+
+
+async def next_request(pubsub: redis.asyncio.client.PubSub) -> tuple[str, list[str]]:
+    """The token and items of the next announced change, which must be an addition."""
+    change, token, items = await next_change(pubsub)
+    assert change is Change.ADDED
+    return token, items
 
 
 async def next_frame(frames: AsyncIterator[bytes]) -> bytes:
@@ -173,11 +182,11 @@ async def test_open_leaves_no_subscription_behind_when_it_refuses():
 # --- the registration -------------------------------------------------------------------------------------------------
 
 
-async def test_add_registers_the_items_with_a_ttl_and_publishes_the_request(requests):
+async def test_add_registers_the_items_with_a_ttl_and_announces_them_with_its_token(requests):
     client = redis_client()
     held = registration()
     before = time.monotonic()
-    await held.add(["T.AAPL", "Q.*"], "gateway-1/1 Q.*,T.AAPL")
+    await held.add(["Q.*", "T.AAPL"], "gateway-1/1")
     assert await client.smembers(NAMES.items("gateway-1")) == {b"T.AAPL", b"Q.*"}
     assert 0 < await client.pttl(NAMES.items("gateway-1")) <= TTL * 1000
     assert await client.smembers(NAMES.sources) == {b"gateway-1"}
@@ -187,21 +196,23 @@ async def test_add_registers_the_items_with_a_ttl_and_publishes_the_request(requ
     assert held.refresh_interval == pytest.approx(TTL / 3)
 
 
-async def test_remove_unregisters_the_items_and_keeps_the_rest_expiring():
+async def test_remove_unregisters_the_items_keeps_the_rest_expiring_and_announces_the_removal(requests):
     client = redis_client()
     held = registration()
-    await held.add(["T.AAPL", "T.MSFT"], "gateway-1/1 T.AAPL,T.MSFT")
+    await held.add(["T.AAPL", "T.MSFT"], "gateway-1/1")
     await held.remove(["T.AAPL"])
     assert await client.smembers(NAMES.items("gateway-1")) == {b"T.MSFT"}
     assert 0 < await client.pttl(NAMES.items("gateway-1")) <= TTL * 1000
     assert held.items == {"T.MSFT"}
+    assert await next_change(requests) == (Change.ADDED, "gateway-1/1", ["T.AAPL", "T.MSFT"])
+    assert await next_change(requests) == (Change.REMOVED, "gateway-1", ["T.AAPL"])
 
 
 async def test_removing_the_last_item_empties_the_registration_without_reporting_it_lost():
     """Redis deletes a set with its last member; with nothing held, that is no loss."""
     client = redis_client()
     held = registration()
-    await held.add(["T.AAPL"], "gateway-1/1 T.AAPL")
+    await held.add(["T.AAPL"], "gateway-1/1")
     await held.remove(["T.AAPL"])
     assert not await client.exists(NAMES.items("gateway-1"))
     assert held.items == set()
@@ -211,7 +222,7 @@ async def test_removing_the_last_item_empties_the_registration_without_reporting
 async def test_refresh_extends_the_registration():
     client = redis_client()
     held = registration()
-    await held.add(["T.AAPL"], "gateway-1/1 T.AAPL")
+    await held.add(["T.AAPL"], "gateway-1/1")
     await client.pexpire(NAMES.items("gateway-1"), 100)
     before = time.monotonic()
     assert await held.refresh() is True
@@ -222,12 +233,31 @@ async def test_refresh_extends_the_registration():
 async def test_refresh_reports_the_registration_lost_when_it_vanished_while_items_were_held():
     client = redis_client()
     held = registration()
-    await held.add(["T.AAPL"], "gateway-1/1 T.AAPL")
+    await held.add(["T.AAPL"], "gateway-1/1")
     confirmed_at = held.confirmed_at
     await client.delete(NAMES.items("gateway-1"))  # expired, or Redis lost its data
     assert await held.refresh() is False
     assert held.confirmed_at == confirmed_at
     assert not await client.exists(NAMES.items("gateway-1"))  # refresh does not bring it back
+
+
+async def test_a_registration_that_expired_and_was_recreated_by_an_addition_is_still_lost():
+    """Between two refreshes, the set may expire and an addition re-create it with only the new items."""
+    client = redis_client()
+    held = registration()
+    await held.add(["T.AAPL"], "gateway-1/1")
+    await client.delete(NAMES.items("gateway-1"))
+    await held.add(["T.MSFT"], "gateway-1/2")
+    assert await client.smembers(NAMES.items("gateway-1")) == {b"T.MSFT"}
+    assert await held.refresh() is False
+
+
+async def test_an_addition_after_removing_everything_is_no_loss():
+    held = registration()
+    await held.add(["T.AAPL"], "gateway-1/1")
+    await held.remove(["T.AAPL"])
+    await held.add(["T.MSFT"], "gateway-1/2")
+    assert await held.refresh() is True
 
 
 async def test_refresh_of_a_registration_holding_nothing_is_never_a_loss():
@@ -239,16 +269,17 @@ async def test_refresh_raises_lease_unavailable_when_redis_is_unreachable(dead_r
         await registration().refresh()
 
 
-async def test_release_removes_the_registration_and_the_source():
+async def test_release_removes_the_registration_and_the_source_and_announces_it(requests):
     client = redis_client()
     held, other = registration(), registration(source="gateway-2")
-    await held.add(["T.AAPL"], "gateway-1/1 T.AAPL")
-    await other.add(["T.AAPL"], "gateway-2/1 T.AAPL")
+    await held.add(["T.AAPL"], "gateway-1/1")
+    await other.add(["T.AAPL"], "gateway-2/1")
     await held.release()
     assert not await client.exists(NAMES.items("gateway-1"))
     assert await client.smembers(NAMES.sources) == {b"gateway-2"}
     assert await client.smembers(NAMES.items("gateway-2")) == {b"T.AAPL"}
     assert held.items == set()
+    assert [(await next_change(requests))[0] for _ in range(3)] == [Change.ADDED, Change.ADDED, Change.RELEASED]
 
 
 # --- subscribing through the source -----------------------------------------------------------------------------------
@@ -276,7 +307,7 @@ async def test_subscribe_to_nothing_registers_and_asks_nothing(source, requests)
     assert (await next_request(requests))[1] == ["T.NEXT"]  # the first request the relay hears
 
 
-async def test_unsubscribe_unregisters_the_items_without_asking_the_relay(source, requests):
+async def test_unsubscribe_unregisters_the_items_and_announces_the_removal(source, requests):
     client = redis_client()
     await source.subscribe(["T.AAPL", "T.MSFT"])
     await next_request(requests)
@@ -284,8 +315,9 @@ async def test_unsubscribe_unregisters_the_items_without_asking_the_relay(source
     await source.unsubscribe([])
     registered = await source_id(client)
     assert await client.smembers(NAMES.items(registered)) == {b"T.MSFT"}
+    assert await next_change(requests) == (Change.REMOVED, registered, ["T.AAPL"])
     await source.subscribe(["T.NEXT"])
-    assert (await next_request(requests))[1] == ["T.NEXT"]
+    assert (await next_request(requests))[1] == ["T.NEXT"]  # unsubscribing nothing announced nothing
 
 
 async def test_close_unregisters_and_unsubscribes_from_the_relay(relay):

@@ -13,13 +13,17 @@ from streaming.relay.wire import (
     KIND_END,
     KIND_FRAME,
     KIND_HEARTBEAT,
+    Change,
     RelayNames,
     SequenceCheck,
     ack_frame,
     decode,
-    decode_request,
+    decode_ack,
+    decode_change,
     encode,
-    encode_request,
+    encode_ack,
+    encode_change,
+    source_of,
     upstream_acks,
     without_upstream_acks,
 )
@@ -71,9 +75,25 @@ def test_skips_repeats_reorders_and_new_epochs_are_gaps(epoch, seq, message):
         sequence.check(epoch, seq)
 
 
-def test_request_round_trip():
+def test_ack_round_trip():
     items = ["T.AAPL", "Q.O:SPY260515C00500000", "T.*", "T.BRK.B"]
-    assert decode_request(encode_request("host-1-ab/3", items)) == ("host-1-ab/3", items)
+    assert decode_ack(encode_ack("host-1-ab/3", items)) == ("host-1-ab/3", items)
+
+
+@pytest.mark.parametrize(
+    ("change", "token", "items"),
+    [(Change.ADDED, "host-1-ab/3", ["T.AAPL", "Q.O:SPY260515C00500000", "T.BRK.B"]),
+     (Change.REMOVED, "host-1-ab", ["T.*"]), (Change.RELEASED, "host-1-ab", [])],
+)
+def test_change_round_trip(change, token, items):
+    assert decode_change(encode_change(change, token, items)) == (change, token, items)
+    assert source_of(token) == "host-1-ab"
+
+
+@pytest.mark.parametrize("text", ["", "host-1-ab/3 T.AAPL", "?host-1-ab T.AAPL", "+ T.AAPL"])
+def test_anything_else_is_not_a_change(text):
+    with pytest.raises(ValueError):
+        decode_change(text)
 
 
 def test_ack_frame_is_the_upstreams_own_ack():
