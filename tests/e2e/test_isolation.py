@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import string
 
 import orjson
@@ -24,6 +25,7 @@ from tests.e2e.clients import TIMEOUT, Outcome, bearer, expect_statuses, read_un
 from tests.e2e.conftest import UNUSED_UPSTREAM_ENV, simulator_env
 from tests.e2e.test_deployment import scrape, value
 from tests.e2e.test_streaming import Client
+from tests.reliability.test_malformed_handshakes import client_frame, read_frame, upgrade_request
 
 pytestmark = pytest.mark.e2e
 
@@ -222,3 +224,93 @@ async def test_churning_thousands_of_items_a_second_is_refused_then_closed_and_t
     await simulator.send_events("stocks", [{"ev": "T", "sym": "AAPL", "p": 1.5, "s": 10, "t": 1, "q": 1}])
     assert await victim.read_data(1) == simulator.recorded("stocks")
     assert simulator.connections_opened("stocks") == 1
+
+
+async def test_items_beyond_the_plan_cap_are_refused_and_the_neighbour_streams_on(
+    gateway_factory, simulator, victim_key, attacker_key
+):
+    """A client once held 200,000 items, and a neighbour's p99 latency went to 2.1 s."""
+    gateway = gateway_factory("held-items", **simulator_env(simulator), STREAM_CLIENT_ITEM_BURST="40000")
+    victim = Client(await open_from(gateway, victim_key, "stocks", VICTIM_ADDRESS))
+    await victim.subscribe("T.AAPL")
+    attacker = Client(await open_from(gateway, attacker_key, "stocks", ATTACKER_ADDRESS))
+    tickers = made_up_tickers(30_000)
+    for start in range(0, 20_000, 5_000):  # up to the plan's cap
+        acks = await attacker.subscribe(",".join(f"T.{ticker}" for ticker in tickers[start:start + 5_000]))
+        assert {ack["status"] for ack in acks} == {"success"}
+    beyond = ",".join(f"T.{ticker}" for ticker in tickers[20_000:25_000])
+    refused = await attacker.request({"action": "subscribe", "params": beyond}, 1)
+    assert [status["status"] for status in refused] == ["error"]
+    assert refused[0]["message"].startswith(
+        "Subscription limit reached for feed. Please remove some subscriptions and try again."
+    )
+    assert "20000 held + 5000 new > 20000 items per connection" in refused[0]["message"]
+    assert len(simulator.subscriptions("stocks")) == 20_001  # the refused message reached nobody
+
+    simulator.start_recording("stocks")
+    await simulator.send_events("stocks", [{"ev": "T", "sym": "AAPL", "p": 1.5, "s": 10, "t": 1, "q": 1}])
+    assert await victim.read_data(1) == simulator.recorded("stocks")
+    assert victim.websocket.close_code is None and attacker.websocket.close_code is None
+
+
+PONG_BYTES = 2 + 125  # a pong frame answering a 125-byte ping
+
+
+def kernel_send_buffer_ceiling() -> int:
+    """The most a TCP socket's send buffer grows to here (``tcp_wmem``'s maximum): what the kernel may hold for a
+    client that does not read, whatever the gateway does."""
+    with open("/proc/sys/net/ipv4/tcp_wmem") as limits:
+        return int(limits.read().split()[2])
+
+
+async def test_pings_whose_pongs_are_never_read_cost_one_pending_pong_and_the_neighbour_streams_on(
+    gateway_factory, simulator, victim_key, attacker_key
+):
+    """A client pinging without reading the pongs once grew the gateway by ~3 MB/s without bound. Here the ping
+    budget is lifted so that only the bound on unsent pongs is at work: the client sends twice as many pings as the
+    kernel's buffers and the gateway's 64 KiB write buffer could hold pongs for, reading nothing; then it reads.
+    It gets what the socket took, then only the answer to its latest ping."""
+    held_at_most = kernel_send_buffer_ceiling() + 64 * 1024 + 64 * 1024  # + its own small receive window, rounded up
+    pings = 2 * held_at_most // PONG_BYTES
+    gateway = gateway_factory(
+        "unread-pongs", **simulator_env(simulator),
+        STREAM_CLIENT_PING_RATE=str(pings * 10), STREAM_CLIENT_PING_BURST=str(pings * 10),
+    )
+    victim = Client(await open_from(gateway, victim_key, "stocks", VICTIM_ADDRESS))
+    await victim.subscribe("T.AAPL")
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting, so the window stays small
+    sock.bind((ATTACKER_ADDRESS, 0))
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gateway.port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1024)  # the attacker's own buffer stays small
+    writer.write(upgrade_request("/v1/ws/stocks/", [("Authorization", f"Bearer {attacker_key}")]))
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    statuses = [orjson.loads((await read_frame(reader))[1])[0]["status"] for _ in range(2)]
+    assert statuses == ["connected", "auth_success"]
+
+    for n in range(pings):  # never reading: the pongs pile up wherever the gateway lets them
+        writer.write(client_frame(f"{n:0125d}".encode(), opcode=0x9))
+        if n % 1_000 == 0:
+            await writer.drain()
+    await writer.drain()
+    # The gateway read every ping (a neighbour's ping round trip proves its loop got past them) ...
+    await asyncio.wait_for(await victim.websocket.ping(), TIMEOUT)
+
+    answered = 0  # ... and now the attacker reads: what was queued for it, then the answer to its latest ping
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            opcode, payload = await read_frame(reader)
+            if opcode == 0xA:
+                answered += 1
+                if int(payload) == pings - 1:
+                    break
+    assert answered * PONG_BYTES <= held_at_most, f"{answered} of {pings} pongs were kept for a client not reading"
+    writer.close()
+
+    simulator.start_recording("stocks")
+    await simulator.send_events("stocks", [{"ev": "T", "sym": "AAPL", "p": 1.5, "s": 10, "t": 1, "q": 1}])
+    assert await victim.read_data(1) == simulator.recorded("stocks")
+    assert victim.websocket.close_code is None
