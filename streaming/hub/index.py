@@ -147,13 +147,6 @@ class SubscriptionIndex(Generic[C]):
             self._drop_group(group)
         return self._count(group.items, -1)
 
-    def set_subscriptions(self, client: C, items: Iterable[Subscription]) -> None:
-        """Replace *client*'s subscriptions (an empty set removes the client)."""
-        wanted = set(items)
-        held = self.subscriptions_of(client)
-        self.discard(client, [item for item in held if item not in wanted])
-        self.add(client, [item for item in wanted if item not in held])
-
     def _count(self, items: Iterable[Subscription], change: int) -> list[Subscription]:
         """Apply *change* to each item's reference count; the items whose count left or reached zero."""
         counts = self._item_counts
