@@ -52,8 +52,9 @@ class Tally:
         self.held = 0
         self.peak = 0
 
-    def note(self, outcome: str) -> None:
-        self.outcomes[NUMBER.sub("N", outcome)[:90]] += 1
+    def note(self, outcome: str, exact: str = "") -> None:
+        """Count *outcome* with its figures (retry times, limits) as N; *exact* (a close code) is kept as it is."""
+        self.outcomes[exact + NUMBER.sub("N", outcome)[:90]] += 1
 
     def open(self) -> None:
         self.opened += 1
@@ -73,12 +74,16 @@ class Tally:
                 self.note(f"{event.get('status')}: {message}")
 
     def closed(self, websocket: ClientConnection) -> None:
-        self.note(f"close {websocket.close_code} {websocket.close_reason or ''}".rstrip())
+        if websocket.protocol.close_rcvd_then_sent is False:
+            self.note("closed by the attacker")
+        else:
+            self.note(websocket.close_reason or "", exact=f"close {websocket.close_code} ")
 
 
 def made_up_tickers() -> Iterator[str]:
-    """Distinct well-formed tickers no market lists (``XAAAA``, ``XAAAB``, ...), as many as asked for."""
-    for letters in itertools.product(string.ascii_uppercase, repeat=4):
+    """Distinct well-formed tickers no market lists (``XAAAAA``, ``XAAAAB``, ...): 11.8 million, more than any
+    attack window asks for."""
+    for letters in itertools.product(string.ascii_uppercase, repeat=5):
         yield "X" + "".join(letters)
 
 
@@ -244,7 +249,7 @@ async def ping_without_reading(job: AttackJob, end: float, tally: Tally) -> None
                 tally.statuses(payload)
             elif opcode == 0x8:
                 code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-                tally.note(f"close {code} {payload[2:].decode(errors='replace')}".rstrip())
+                tally.note(payload[2:].decode(errors="replace"), exact=f"close {code} ")
         writer.close()
         tally.close()
 

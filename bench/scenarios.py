@@ -457,8 +457,8 @@ def slow_consumer(env: Environment, target: Target, *, fast_clients: int, rate: 
 
 ATTACK_SETTLE_SECONDS = 1.0
 """From the attack's start to the victims' measurement window: the attacker's first burst is on the wire by then."""
-VICTIM_ADMISSIONS_PER_SECOND = 5.0
-"""The admission victim's pace: half its address's handshake budget (10/s), which its stream shares."""
+VICTIM_ADMISSIONS_PER_SECOND = 8.0
+"""The admission victim's pace: under its address's handshake budget (10/s), which its stream shares."""
 PROBE_KEYS = 10
 
 
