@@ -527,7 +527,7 @@ def neighbours(env: Environment, *, attacks: list[str], rate: float, warmup: flo
     for kind in attacks:
         env.reset_redis()
         upstream = Upstream(env, rate, market="stocks")
-        server = Server("daphne", env, upstream, label="gateway")
+        server = Server("daphne", env, upstream, label="gateway", deployed_address_budgets=True)
         try:
             time.sleep(SERVER_SETTLE_SECONDS)
             baseline = victim_phase(server, stream_keys[0], probe_keys, warmup=warmup, duration=duration)
