@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.attacks import ATTACKS
 from bench.report import machine_info, print_summary, write_results
-from bench.scenarios import Target, admission, firehose, idle, selective, slow_consumer
+from bench.scenarios import Target, admission, firehose, idle, neighbours, selective, slow_consumer
 from bench.stack import Environment, raise_fd_limit
 
-SCENARIOS = ("firehose", "selective", "admission", "idle", "slow")
+SCENARIOS = ("firehose", "selective", "admission", "idle", "slow", "neighbours")
 
 FULL: dict[str, Any] = {
     "runs": 3,
@@ -30,6 +31,7 @@ FULL: dict[str, Any] = {
     "admission": {"admissions": 2000, "concurrency": 100},
     "idle": {"steps": [1000, 5000, 10000], "runs": 1},
     "slow": {"fast_clients": 20, "rate": 40_000, "warmup": 1.0, "duration": 10.0},
+    "neighbours": {"attacks": list(ATTACKS), "rate": 10_000, "warmup": 1.0, "duration": 8.0},
     "users": 10000,
 }
 
@@ -42,8 +44,13 @@ QUICK: dict[str, Any] = {
     "admission": {"admissions": 300, "concurrency": 50},
     "idle": {"steps": [1000], "runs": 1, "cpu_window": 2.0},
     "slow": {"fast_clients": 5, "rate": 40_000, "warmup": 0.5, "duration": 5.0},
+    "neighbours": {"attacks": list(ATTACKS), "rate": 10_000, "warmup": 0.5, "duration": 3.0},
     "users": 1000,
 }
+
+
+NEIGHBOURS_USERS = 30
+"""Stocks users on Commercial: the neighbours scenario's two streaming victims, ten admission keys, ten attackers."""
 
 
 def parse_targets(specs: list[str]) -> list[Target]:
@@ -89,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.time() - started:6.1f}s] {line}", flush=True)
 
     log(f"setting up Redis and {config['users']:,} bench users (open-file limit {fd_limit})")
-    env = Environment(users=config["users"]).start()
+    env = Environment(users=config["users"], stocks_users=NEIGHBOURS_USERS).start()
     results: dict = {"mode": "quick" if options.quick else "full", "machine": machine_info(),
                      "targets": [{"label": t.label, "kind": t.kind, "source": str(t.source or "")} for t in targets],
                      "runs": runs, "scenarios": {}}
@@ -119,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             log("5. slow consumer")
             results["scenarios"]["slow"] = slow_consumer(env, gateway, runs=runs, processes=processes, log=log,
                                                          buffer_bytes=4 * 1024 * 1024, **config["slow"])
+        if "neighbours" in scenarios:
+            log("6. neighbours: one customer's abuse, another's stream and admissions")
+            results["scenarios"]["neighbours"] = neighbours(env, log=log, **config["neighbours"])
     except BaseException as error:  # keep what was measured
         results["aborted"] = f"{type(error).__name__}: {error}"
         write_results(results, (options.name or results["mode"]) + "-aborted", plot=False)

@@ -10,6 +10,9 @@ A worker runs one of three jobs:
 - ``admit``: connect with each key and wait for ``auth_success`` (time to it per connection), keep every connection
   open until the harness has counted the Redis commands of admission, then close them all (the harness counts again).
 - ``idle``: hold subscribed connections that never receive data, growing to the count the harness asks for.
+- ``probe``: a victim's admissions one after another at a steady pace inside the measurement window (connect, key,
+  ``auth_success``, close), with warm keys, each timed; the neighbours scenario's second victim.
+- ``attack``: one of ``bench.attacks``.
 
 Counting is done on bytes (``bytes.count``), never by parsing JSON, so a client costs as little as ``websockets``
 allows.
@@ -18,6 +21,7 @@ allows.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -48,6 +52,13 @@ class AdmitJob:
     url: str
     keys: list[str]
     concurrency: int
+
+
+@dataclass
+class ProbeJob:
+    url: str
+    keys: list[str]  # taken in turn, so that no admission waits on the lock of the previous one's close
+    per_second: float  # under the address's handshake budget (10/s), which the victim shares with its stream
 
 
 @dataclass
@@ -223,13 +234,39 @@ async def run_idle(job: IdleJob, pipe) -> None:
             return
 
 
+async def run_probe(job: ProbeJob, pipe) -> None:
+    for key in job.keys:  # warm: every key cached, the process's pools open
+        _, outcome, websocket = await admit_one(job.url, key)
+        if websocket is not None:
+            await websocket.close()
+    pipe.send(("ready", 0))
+    loop = asyncio.get_running_loop()
+    command, start, end = await loop.run_in_executor(None, pipe.recv)
+    assert command == "measure"
+    times: list[float] = []
+    failures: dict[str, int] = {}
+    for index in itertools.count():
+        due = start + index / job.per_second
+        if due >= end:
+            break
+        await asyncio.sleep(max(0.0, due - time.time()))
+        seconds, outcome, websocket = await admit_one(job.url, job.keys[index % len(job.keys)])
+        if websocket is not None:
+            times.append(seconds)
+            await websocket.close()
+        else:
+            failures[outcome] = failures.get(outcome, 0) + 1
+    pipe.send(("result", {"times": np.asarray(times, dtype=np.float64), "failures": failures}))
+
+
 def worker(job, pipe) -> None:
     """Entry point of a client process."""
+    from bench.attacks import AttackJob, run_attack
     from bench.stack import raise_fd_limit
 
     raise_fd_limit()
     runners: dict[type, Callable[[Any, Any], Coroutine[Any, Any, None]]] = {
-        StreamJob: run_stream, AdmitJob: run_admit, IdleJob: run_idle,
+        StreamJob: run_stream, AdmitJob: run_admit, IdleJob: run_idle, ProbeJob: run_probe, AttackJob: run_attack,
     }
     runner = runners[type(job)]
     try:

@@ -206,7 +206,29 @@ def summary_rows(results: dict) -> list[tuple[str, str, str, str]]:
                      f"{summary['with_slow']['latency_ms']['p99']:.2f} / "
                      f"{summary['without_slow']['latency_ms']['p99']:.2f} (x{ratio:.2f})", "unchanged",
                      "met" if ratio < 1.5 else "NOT met"))
+    if "neighbours" in scenarios:
+        for trial in scenarios["neighbours"]["trials"]:
+            worst = max(trial["p50_ratio"], trial["p99_ratio"], trial["admission_p50_ratio"],
+                        trial["admission_p99_ratio"])
+            growth = trial["attacked"]["rss_growth_mb_per_attacking_connection"]
+            met = worst <= 1.5 and trial["victim_disconnects"] == 0 and growth <= NEIGHBOUR_RSS_BUDGET_MB
+            rows.append((f"6. neighbours, {trial['attack']}: victim p50 / p99 / admission p50 / p99 ratio, "
+                         "disconnects, MB per attacking connection",
+                         f"x{trial['p50_ratio']:.2f} / x{trial['p99_ratio']:.2f} / x{trial['admission_p50_ratio']:.2f}"
+                         f" / x{trial['admission_p99_ratio']:.2f}, {trial['victim_disconnects']}, {growth:.2f}",
+                         f"<= 1.5, 0, <= {NEIGHBOUR_RSS_BUDGET_MB:g}", "met" if met else "NOT met"))
     return rows
+
+
+NEIGHBOUR_RSS_BUDGET_MB = 4 + 1
+"""A client's send budget (``STREAM_CLIENT_BUFFER_BYTES``, 4 MiB) plus 1 MiB: the most an attacking connection may
+cost the gateway's memory."""
+
+
+def attacker_outcomes(outcomes: dict[str, int], most: int = 4) -> str:
+    """The attacker's commonest outcomes, for a table cell."""
+    ranked = sorted(outcomes.items(), key=lambda pair: -pair[1])[:most]
+    return "; ".join(f"{count:,} × {outcome}" for outcome, count in ranked).replace("|", "/")
 
 
 def print_summary(results: dict) -> None:
@@ -283,6 +305,22 @@ def markdown(results: dict) -> str:
             lines.append(f"| run {trial['run']}, slow client {'present' if trial['with_slow'] else 'absent'} | "
                          f"{trial['latency_ms']['p50']:.2f} / {trial['latency_ms']['p99']:.2f} | "
                          f"{trial['rss_growth_mb']:.1f} | {trial['slow_closed_after_s'] or '-'} |")
+    if "neighbours" in scenarios:
+        lines += ["", "| Attack (from 127.0.0.2) | victim p50 ms (×) | victim p99 ms (×) | "
+                  "admission p50 / p99 ms (×) | victim events/s × | victim disconnects | gateway RSS before → max MB | "
+                  "MB per attacking connection (most held) | attacker got |", "|---|---|---|---|---|---|---|---|---|"]
+        for trial in scenarios["neighbours"]["trials"]:
+            attacked = trial["attacked"]
+            lines.append(
+                f"| {trial['attack']} | {attacked['latency_ms']['p50']:.2f} (×{trial['p50_ratio']:.2f}) | "
+                f"{attacked['latency_ms']['p99']:.1f} (×{trial['p99_ratio']:.2f}) | "
+                f"{attacked['admission_ms']['p50']:.1f} / {attacked['admission_ms']['p99']:.1f} "
+                f"(×{trial['admission_p50_ratio']:.2f} / ×{trial['admission_p99_ratio']:.2f}) | "
+                f"{trial['events_per_s_ratio']:.2f} | {trial['victim_disconnects']} | "
+                f"{attacked['rss_mb_before']:.0f} → {attacked['rss_mb_max']:.0f} | "
+                f"{attacked['rss_growth_mb_per_attacking_connection']:.2f} "
+                f"({attacked['attacker']['most_connections_held']:,}) | "
+                f"{attacker_outcomes(attacked['attacker']['outcomes'])} |")
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""The five scenarios. Each trial starts a fresh upstream and server, runs the clients, and stops everything.
+"""The six scenarios. Each trial starts a fresh upstream and server, runs the clients, and stops everything.
 
 Trials of the targets being compared are interleaved (A B A B..., the order alternating per run), and each figure is
 the median over runs; ratios are computed per run, between trials of the same run, then their median is taken.
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.clients import AdmitJob, IdleJob, StreamJob
+from bench.attacks import AttackJob
+from bench.clients import AdmitJob, IdleJob, ProbeJob, StreamJob
 from bench.stack import UPSTREAM_KEY, Environment, Server, Upstream
 from bench.workers import WorkerError, Workers, median, split, weighted_percentiles
 
@@ -450,3 +451,110 @@ def slow_consumer(env: Environment, target: Target, *, fast_clients: int, rate: 
             "slow_cut_after_s": median([t["slow_closed_after_s"][0] for t in by[True] if t["slow_closed_after_s"]]),
         },
     }
+
+
+# --- 6. neighbours -----------------------------------------------------------------------------------------------
+
+ATTACK_SETTLE_SECONDS = 1.0
+"""From the attack's start to the victims' measurement window: the attacker's first burst is on the wire by then."""
+VICTIM_ADMISSIONS_PER_SECOND = 8.0
+"""The admission victim's pace: under its address's handshake budget (10/s), which its stream shares."""
+PROBE_KEYS = 10
+
+
+def victim_phase(server: Server, stream_key: str, probe_keys: list[str], *, warmup: float, duration: float,
+                 attack: AttackJob | None = None) -> dict:
+    """The two victims (one streaming ``T.*``, one admitting warm keys in turn) measured for *duration* seconds,
+    alone or while *attack* runs from ATTACKER_ADDRESS; with the gateway's RSS before the attack and its highest
+    during it."""
+    victims = Workers([StreamJob(server.url(), [stream_key], ["T.*"]),
+                       ProbeJob(server.url(), probe_keys, VICTIM_ADMISSIONS_PER_SECOND)])
+    attacker = Workers([attack]) if attack is not None else None
+    try:
+        victims.replies("ready")
+        if attacker is not None:
+            attacker.replies("ready")
+        rss_before = server.rss_bytes()
+        sampler = RssSampler(server)
+        begin = time.time() + 0.2
+        start = begin + (ATTACK_SETTLE_SECONDS if attacker is not None else warmup)
+        end = start + duration
+        if attacker is not None:
+            attacker.send(("go", begin, end))
+        victims.send(("measure", start, end))
+        stream, probe = victims.replies("result", timeout=duration + 120)
+        attacked = attacker.replies("result", timeout=60)[0] if attacker is not None else None
+        rss = sampler.stop()
+        time.sleep(0.5)
+        rss_after = server.rss_bytes()
+    finally:
+        victims.close()
+        if attacker is not None:
+            attacker.close()
+    latencies = stream["latencies_ns"] / 1e6
+    times = probe["times"] * 1e3
+    rss_max = max([value for moment, value in rss if moment >= begin] or [rss_before])
+    phase = {
+        "latency_ms": weighted_percentiles(latencies, stream["weights"]),
+        "events_per_s": stream["events"] / duration,
+        "admission_ms": {"p50": float(np.percentile(times, 50)) if times.size else float("nan"),
+                         "p99": float(np.percentile(times, 99)) if times.size else float("nan"),
+                         "max": float(times.max()) if times.size else float("nan")},
+        "admissions": int(times.size),
+        "victim_disconnects": sum(stream["closed"].values()),
+        "victim_admission_failures": probe["failures"],
+        "rss_mb_before": rss_before / 2**20, "rss_mb_max": rss_max / 2**20, "rss_mb_after": rss_after / 2**20,
+    }
+    if attacked is not None:
+        connections = max(1, attacked["most_connections_held"])
+        phase.update(attacker=attacked,
+                     rss_growth_mb_per_attacking_connection=(rss_max - rss_before) / 2**20 / connections)
+    return phase
+
+
+def ratio(attacked: float, baseline: float) -> float:
+    return attacked / baseline if baseline and baseline == baseline else float("nan")
+
+
+def neighbours(env: Environment, *, attacks: list[str], rate: float, warmup: float, duration: float, log) -> dict:
+    """Each attack against a fresh gateway and upstream (stocks): first the victims alone for *duration* seconds (the
+    baseline), then the victims again while the attacker runs; every ratio is attacked / baseline of the same
+    gateway. A fresh gateway per attack keeps one attack's leftovers (blocked address, held items, memory) out of the
+    next one's figures."""
+    stream_keys, probe_keys = env.stocks_keys[:2], env.stocks_keys[2:2 + PROBE_KEYS]
+    attacker_keys = env.stocks_keys[2 + PROBE_KEYS:2 + 2 * PROBE_KEYS]
+    trials = []
+    for kind in attacks:
+        env.reset_redis()
+        upstream = Upstream(env, rate, market="stocks")
+        server = Server("daphne", env, upstream, label="gateway", deployed_address_budgets=True)
+        try:
+            time.sleep(SERVER_SETTLE_SECONDS)
+            baseline = victim_phase(server, stream_keys[0], probe_keys, warmup=warmup, duration=duration)
+            attacked = victim_phase(server, stream_keys[1], probe_keys, warmup=warmup, duration=duration,
+                                    attack=AttackJob(server.url(), kind, attacker_keys))
+        except WorkerError as error:  # recorded, not fatal: the other attacks still run
+            log(f"  neighbours {kind}: FAILED {error}")
+            continue
+        finally:
+            server.stop()
+            upstream.stop()
+        trial = {
+            "attack": kind, "baseline": baseline, "attacked": attacked,
+            "p50_ratio": ratio(attacked["latency_ms"]["p50"], baseline["latency_ms"]["p50"]),
+            "p99_ratio": ratio(attacked["latency_ms"]["p99"], baseline["latency_ms"]["p99"]),
+            "admission_p50_ratio": ratio(attacked["admission_ms"]["p50"], baseline["admission_ms"]["p50"]),
+            "admission_p99_ratio": ratio(attacked["admission_ms"]["p99"], baseline["admission_ms"]["p99"]),
+            "events_per_s_ratio": ratio(attacked["events_per_s"], baseline["events_per_s"]),
+            "victim_disconnects": attacked["victim_disconnects"] + sum(attacked["victim_admission_failures"].values()),
+        }
+        trials.append(trial)
+        outcomes = sorted(attacked["attacker"]["outcomes"].items(), key=lambda pair: -pair[1])[:4]
+        log(f"  neighbours {kind}: victim p50 x{trial['p50_ratio']:.2f} p99 x{trial['p99_ratio']:.2f} "
+            f"({attacked['latency_ms']['p99']:.1f} ms), admission p50 x{trial['admission_p50_ratio']:.2f} "
+            f"p99 x{trial['admission_p99_ratio']:.2f}, events x{trial['events_per_s_ratio']:.2f}, "
+            f"victim disconnects {trial['victim_disconnects']}, RSS {attacked['rss_mb_before']:.0f} -> "
+            f"{attacked['rss_mb_max']:.0f} MB ({attacked['rss_growth_mb_per_attacking_connection']:.2f} MB per "
+            f"attacking connection of {attacked['attacker']['most_connections_held']}), attacker got {outcomes}")
+    return {"rate_stocks_events_per_s": rate, "duration": duration, "subscription": "T.*",
+            "victim_admissions_per_s": VICTIM_ADMISSIONS_PER_SECOND, "trials": trials}

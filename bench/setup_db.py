@@ -1,7 +1,9 @@
-"""Bench-only database setup: migrate a fresh SQLite database and create N users on Expert (options) with one key each.
+"""Bench-only database setup: migrate a fresh SQLite database and create N users on Expert (options) with one key each,
+and M users on Commercial (stocks: the neighbours scenario's victims and attackers, the plan with the most items).
 
-Run as ``python -m bench.setup_db --users N --keys-file PATH`` with DJANGO_SETTINGS_MODULE, DATABASE_URL and
-REDIS_URL set; the raw keys go to PATH as a JSON list (the database stores only their hashes). Also measures the
+Run as ``python -m bench.setup_db --users N --keys-file PATH [--stocks-users M --stocks-keys-file PATH]`` with
+DJANGO_SETTINGS_MODULE, DATABASE_URL and REDIS_URL set; the raw keys go to PATH as a JSON list (the database stores
+only their hashes). Also measures the
 database queries of one key resolution, cold and warm, and prints them as JSON on stdout.
 """
 
@@ -14,30 +16,30 @@ import sys
 import django
 
 
-def create_users(count: int) -> list[str]:
+def create_users(count: int, product: str = "options", plan_slug: str = "expert", name: str = "bench") -> list[str]:
     from django.contrib.auth.hashers import make_password
     from django.db import transaction
 
     from accounts import keys
-    from accounts.models import ApiKey, Plan, Product, ProductTier, User
+    from accounts.models import ApiKey, Plan, ProductTier, User
 
-    expert = Plan.objects.get(slug=Plan.EXPERT)
+    plan = Plan.objects.get(slug=plan_slug)
     unusable = make_password(None)
     raw_keys: list[str] = []
     with transaction.atomic():
         users = User.objects.bulk_create(
-            [User(username=f"bench{index:05d}", password=unusable) for index in range(count)], batch_size=1000
+            [User(username=f"{name}{index:05d}", password=unusable) for index in range(count)], batch_size=1000
         )
         ProductTier.objects.bulk_create(
-            [ProductTier(user=user, product=Product.OPTIONS, plan=expert) for user in users], batch_size=1000
+            [ProductTier(user=user, product=product, plan=plan) for user in users], batch_size=1000
         )
         api_keys = []
         for user in users:
             # Without django-stubs, mypy reads a TextChoices member as its (value, label) tuple.
-            generated = keys.generate_key(Product.OPTIONS)  # type: ignore[arg-type]
+            generated = keys.generate_key(product)
             raw_keys.append(generated.raw)
             api_keys.append(
-                ApiKey(user=user, product=Product.OPTIONS, prefix=generated.prefix, secret_hash=generated.secret_hash)
+                ApiKey(user=user, product=product, prefix=generated.prefix, secret_hash=generated.secret_hash)
             )
         ApiKey.objects.bulk_create(api_keys, batch_size=1000)
     return raw_keys
@@ -72,6 +74,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, required=True)
     parser.add_argument("--keys-file", required=True)
+    parser.add_argument("--stocks-users", type=int, default=0)
+    parser.add_argument("--stocks-keys-file")
     options = parser.parse_args()
     django.setup()
     from django.core.management import call_command
@@ -80,6 +84,10 @@ def main() -> int:
     raw_keys = create_users(options.users)
     with open(options.keys_file, "w") as handle:
         json.dump(raw_keys, handle)
+    if options.stocks_users:
+        stocks_keys = create_users(options.stocks_users, "stocks", "commercial", "stocks")
+        with open(options.stocks_keys_file, "w") as handle:
+            json.dump(stocks_keys, handle)
     json.dump({"db_queries": count_queries(raw_keys[0])}, sys.stdout)
     return 0
 

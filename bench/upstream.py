@@ -14,7 +14,8 @@ upstream down (``await send``) instead of being buffered; the events actually se
 file so the harness can report them.
 The protocol is the simulator's (``connected``, ``auth``, one ``subscribed to:`` per item, in one frame).
 
-``python -m bench.upstream --port P --api-key K --rate N --stats-file PATH`` (options cluster only).
+``python -m bench.upstream --port P --api-key K --rate N --stats-file PATH [--market stocks]`` (one cluster per
+process: options unless told).
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from websockets.exceptions import ConnectionClosed
 
 from streaming.simulator.fanout import Subscription
 from streaming.simulator.feed import ClusterFeed
-from streaming.simulator.market import OptionMarket
+from streaming.simulator.market import OptionMarket, StockMarket
 from streaming.simulator.protocol import AUTH_SUCCESS_FRAME, CONNECTED_FRAME, split_params
-from streaming.simulator.universe import OPTION_CONTRACTS
+from streaming.simulator.universe import OPTION_CONTRACTS, STOCKS
 
 STAMP_FIELD = "bt"
 PLACEHOLDER = 1_000_000_000_000_000_000  # 19 digits, as time.time_ns() until 2286
@@ -81,10 +82,12 @@ class Client:
 
 
 class BenchUpstream:
-    def __init__(self, api_key: str, rate: float, seed: str) -> None:
+    def __init__(self, api_key: str, rate: float, seed: str, market: str = "options") -> None:
         self.api_key = api_key
         self.rate = rate
-        self.feed = StampedFeed(OptionMarket(OPTION_CONTRACTS, f"{seed}:options"))
+        self.market = market
+        self.feed = StampedFeed(StockMarket(STOCKS, f"{seed}:stocks") if market == "stocks"
+                                else OptionMarket(OPTION_CONTRACTS, f"{seed}:options"))
         self.clients: list[Client] = []
         self.events_sent = 0
         self.frames_sent = 0
@@ -173,7 +176,7 @@ class BenchUpstream:
 
 
 async def serve_until_signalled(options: argparse.Namespace) -> None:
-    upstream = BenchUpstream(options.api_key, options.rate, options.seed)
+    upstream = BenchUpstream(options.api_key, options.rate, options.seed, options.market)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -184,7 +187,7 @@ async def serve_until_signalled(options: argparse.Namespace) -> None:
         tasks = [asyncio.ensure_future(upstream.clock())]
         if options.stats_file:
             tasks.append(asyncio.ensure_future(upstream.write_stats(options.stats_file)))
-        print(f"bench upstream listening on ws://127.0.0.1:{port}/options", flush=True)
+        print(f"bench upstream listening on ws://127.0.0.1:{port}/{options.market}", flush=True)
         await stopping.wait()
         for task in tasks:
             task.cancel()
@@ -197,6 +200,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10_000)
     parser.add_argument("--seed", default="1")
     parser.add_argument("--stats-file", default="")
+    parser.add_argument("--market", choices=("options", "stocks"), default="options")
     asyncio.run(serve_until_signalled(parser.parse_args()))
 
 
