@@ -9,8 +9,9 @@ depend on how much of a guess is right. Resolutions are cached in Redis (django-
 ``resolve_key_async`` is the same resolution for the gateway's event loop: it reads the cached record with an
 asyncio Redis client (same key, same encoding as django-redis), so a warm admission costs one round trip and no
 thread; only a cache miss goes to the database, in a worker thread. The same round trip asks whether the prefix
-was ever issued (a Redis set of every key's prefix, seeded from the database once): a key whose prefix never was
-is refused without a query and without a tombstone, so a flood of made-up keys costs neither.
+was ever issued (a Redis set of every key's prefix, seeded from the database when Redis has none, and hourly): a
+key whose prefix never was is refused without a query and without a tombstone, so a flood of made-up keys costs
+neither.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import redis.asyncio
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
+from django_redis import get_redis_connection
 
 from accounts import keys
 from accounts.keys import Denial, DenialReason, Entitlement, resolve_key_async
@@ -64,7 +65,7 @@ async def test_a_key_created_after_seeding_is_added_once_its_transaction_commits
         with transaction.atomic():
             _, raw = make_key(user)
             before_commit = bool(
-                keys.get_redis_connection().sismember(keys.ISSUED_PREFIXES_KEY, keys.parse_key(raw)[0])
+                get_redis_connection().sismember(keys.ISSUED_PREFIXES_KEY, keys.parse_key(raw)[0])
             )
         return raw, before_commit
 
