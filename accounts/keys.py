@@ -8,7 +8,10 @@ depend on how much of a guess is right. Resolutions are cached in Redis (django-
 
 ``resolve_key_async`` is the same resolution for the gateway's event loop: it reads the cached record with an
 asyncio Redis client (same key, same encoding as django-redis), so a warm admission costs one round trip and no
-thread; only a cache miss goes to the database, in a worker thread.
+thread; only a cache miss goes to the database, in a worker thread. The same round trip asks whether the prefix
+was ever issued (a Redis set of every key's prefix, seeded from the database when Redis has none, and hourly): a
+key whose prefix never was is refused without a query and without a tombstone, so a flood of made-up keys costs
+neither.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import logging
 import re
 import secrets
 import string
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -33,6 +36,7 @@ from django.db import transaction
 from django.db.models import F, FilteredRelation, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
+from django_redis import get_redis_connection
 
 from accounts.models import ApiKey, Plan, Product
 from accounts.plan_catalogue import DEFAULT_MAX_SUBSCRIPTIONS
@@ -143,6 +147,52 @@ def forget(prefixes: list[str]) -> None:
         transaction.on_commit(lambda: cache.set_many(tombstones, timeout=EVICTION_SECONDS))
 
 
+ISSUED_PREFIXES_KEY = "cm:apikey:prefixes"
+"""A Redis set of the prefix of every ApiKey row, revoked and expired ones included: those resolve to their own
+denial, which only their record can tell."""
+ISSUED_PREFIXES_SEEDED_KEY = "cm:apikey:prefixes:seeded"
+"""Present once the set holds every prefix; until then a prefix missing from the set proves nothing."""
+ISSUED_PREFIXES_SEEDING_KEY = "cm:apikey:prefixes:seeding"
+"""Held (``SET NX``) by the one process that seeds the set."""
+SEEDED_SECONDS = 3600
+"""The set is reseeded this often: a prefix whose ``SADD`` was lost (Redis unreachable when its key was created, a
+failover that dropped the last writes) is refused as unknown until then, not for ever."""
+SEEDING_LOCK_SECONDS = 60
+"""Not released: a seeding that failed (database unreachable) is retried by whoever comes after this long."""
+PREFIX_CHUNK = 10_000
+"""Prefixes per ``SADD``: a command for a million keys would hold Redis up for everyone else."""
+
+
+def _chunks(prefixes: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(prefixes), PREFIX_CHUNK):
+        yield prefixes[start : start + PREFIX_CHUNK]
+
+
+def register_prefixes(prefixes: list[str]) -> None:
+    """Add issued prefixes to the set once the transaction commits (at once outside one).
+
+    A key created while the set is being seeded is not lost: its ``SADD`` comes after its row is committed, and the
+    seeding reads the database either before that commit (the ``SADD`` then adds it) or after (the seeding does).
+    """
+    if prefixes:
+        transaction.on_commit(lambda: _add_prefixes(prefixes))
+
+
+def _add_prefixes(prefixes: list[str]) -> None:
+    client = get_redis_connection(DEFAULT_CACHE_ALIAS)
+    for chunk in _chunks(prefixes):
+        client.sadd(ISSUED_PREFIXES_KEY, *chunk)
+
+
+def unregister_prefix(prefix: str) -> None:
+    """Remove a deleted key's prefix from the set once the deletion commits.
+
+    A seeding that read the row before the deletion may add the prefix back: the key then costs a query again, and
+    its answer (unknown) is still right.
+    """
+    transaction.on_commit(lambda: get_redis_connection(DEFAULT_CACHE_ALIAS).srem(ISSUED_PREFIXES_KEY, prefix))
+
+
 PLAN_FIELDS = ("slug", "websocket_access", "max_subscriptions")
 
 
@@ -219,8 +269,10 @@ def resolve_key_uncached(raw: str) -> Entitlement | Denial:
 
 
 async def resolve_key_async(raw: str, redis: redis.asyncio.Redis) -> Entitlement | Denial:
-    """``resolve_key`` on the event loop: the cached record is read with *redis* (no thread); a miss loads the
-    record in a worker thread (one query) and writes it to the cache without waiting for the write.
+    """``resolve_key`` on the event loop: the cached record is read with *redis* (no thread), in the same round trip
+    as the prefix's membership of the issued prefixes; a miss for a prefix never issued is refused as unknown at
+    once, any other miss loads the record in a worker thread (one query) and writes it to the cache without waiting
+    for the write. While the set is not seeded, a miss also starts seeding it.
 
     Raises what Redis or the database raise: the caller must fail closed.
     """
@@ -230,12 +282,59 @@ async def resolve_key_async(raw: str, redis: redis.asyncio.Redis) -> Entitlement
     prefix, secret = parsed
     codec = _cache_codec()
     key = codec.make_key(cache_key(prefix))
-    stored = await redis.get(key)
+    pipeline = redis.pipeline(transaction=False)
+    pipeline.get(key)
+    pipeline.sismember(ISSUED_PREFIXES_KEY, prefix)
+    pipeline.exists(ISSUED_PREFIXES_SEEDED_KEY)
+    stored, issued, seeded = await pipeline.execute()
     record = codec.decode(stored) if stored is not None else EVICTED
     if "evicted" in record:  # not cached, or a tombstone
+        if seeded and not issued:
+            return _decide(prefix, secret, MISSING, None)
+        if not seeded:
+            _seed_behind(redis)
         record = await database_sync_to_async(_load_record, thread_sensitive=False)(prefix) or MISSING
         _write_behind(redis, key, record)
     return _decide(prefix, secret, record, None)
+
+
+_seedings: set[asyncio.Task] = set()
+
+
+def _seed_behind(redis: redis.asyncio.Redis) -> None:
+    """Seed the issued prefixes in the background, unless this process already is: every cold handshake meanwhile
+    would otherwise start one, and all but one would only find the lock taken."""
+    if _seedings:
+        return
+    task = asyncio.ensure_future(seed_issued_prefixes(redis))
+    _seedings.add(task)
+    task.add_done_callback(_seeding_done)
+
+
+def _seeding_done(task: asyncio.Task) -> None:
+    _seedings.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("issued key prefixes not seeded: %s", type(task.exception()).__name__)
+
+
+async def seed_issued_prefixes(redis: redis.asyncio.Redis) -> bool:
+    """Fill the set of issued prefixes from the database, then mark it seeded; False if another process holds the
+    seeding lock (it seeds instead).
+
+    The sentinel is set only after the last ``SADD``, so a half-filled set never refuses a key. Keys created or
+    deleted meanwhile: see ``register_prefixes`` and ``unregister_prefix``.
+    """
+    if not await redis.set(ISSUED_PREFIXES_SEEDING_KEY, "1", nx=True, ex=SEEDING_LOCK_SECONDS):
+        return False
+    prefixes = await database_sync_to_async(_issued_prefixes, thread_sensitive=False)()
+    for chunk in _chunks(prefixes):
+        await redis.sadd(ISSUED_PREFIXES_KEY, *chunk)
+    await redis.set(ISSUED_PREFIXES_SEEDED_KEY, "1", ex=SEEDED_SECONDS)
+    return True
+
+
+def _issued_prefixes() -> list[str]:
+    return list(ApiKey.objects.order_by().values_list("prefix", flat=True))
 
 
 _cache_writes: set[asyncio.Task] = set()

@@ -1,4 +1,5 @@
-"""Keep cached key resolutions true: any change to a key, a user, a tier or a plan forgets what it affects.
+"""Keep cached key resolutions true: any change to a key, a user, a tier or a plan forgets what it affects; and
+keep the set of issued key prefixes (``accounts.keys``) true as keys are created and deleted.
 
 Each change also sends ``entitlements_changed`` with the users concerned, so that live connections can re-check
 their admission at once (the streaming app listens).
@@ -28,6 +29,17 @@ def key_changed(sender, instance: ApiKey, created: bool = False, **kwargs) -> No
     keys.forget([instance.prefix])
     if not created:
         entitlements_changed.send(sender=ApiKey, user_ids=[instance.user_id])
+
+
+@receiver(post_save, sender=ApiKey)
+def key_issued(sender, instance: ApiKey, created: bool, **kwargs) -> None:
+    if created:
+        keys.register_prefixes([instance.prefix])
+
+
+@receiver(post_delete, sender=ApiKey)
+def key_deleted(sender, instance: ApiKey, **kwargs) -> None:
+    keys.unregister_prefix(instance.prefix)
 
 
 @receiver([post_save, post_delete], sender=ProductTier)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -30,6 +31,16 @@ def no_key_in_logs(caplog):
         record.getMessage() for record in caplog.records if any(key in record.getMessage() for key in ISSUED_KEYS)
     ]
     assert not leaked, f"API key in log lines: {leaked}"
+
+
+@pytest.fixture(autouse=True)
+async def settle_prefix_seeding():
+    """A resolution against the flushed Redis starts seeding the issued key prefixes in the background: it ends
+    within its test, before the test's database is flushed and its event loop closed."""
+    yield
+    from accounts import keys
+
+    await asyncio.gather(*keys._seedings, return_exceptions=True)
 
 
 @pytest.fixture(autouse=True)

@@ -14,10 +14,12 @@ import redis
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
+from accounts import keys
 from accounts.models import ApiKey, Plan, ProductTier
 from devstack.redis_server import RedisServer
 from streaming import codes
 from streaming.runtime import lock
+from streaming.runtime.redis_client import redis_client
 from tests.accounts.factories import make_key, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -337,7 +339,6 @@ async def test_trailing_slash_is_optional(application, customer, path):
 
 async def test_a_recheck_that_cannot_read_the_key_waits_and_tries_again(application, customer, monkeypatch):
     """A re-check meeting a database or Redis failure neither cuts the stream (it may be entitled) nor gives up."""
-    from accounts import keys
     from streaming.gateway import admission
 
     monkeypatch.setattr(admission, "RECHECK_RETRY_SECONDS", 0.05)
@@ -358,3 +359,33 @@ async def test_a_recheck_that_cannot_read_the_key_waits_and_tries_again(applicat
     monkeypatch.setattr(keys, "_load_record", real_load)
     events, code = await frames_until_close(communicator)
     assert code == codes.CloseCode.UNAUTHORIZED and "revoked" in events[-1]["message"]
+
+
+def _rejections_4401() -> float:
+    from prometheus_client import REGISTRY
+
+    labels = {"market": "options", "code": str(codes.CloseCode.UNAUTHORIZED.value)}
+    return REGISTRY.get_sample_value("cutemarkets_stream_rejections_total", labels) or 0.0
+
+
+async def test_a_prefix_never_issued_is_refused_and_counted_like_any_unknown_key(
+    application, customer, django_db_blocker
+):
+    _, options_key, _ = customer
+    assert await keys.seed_issued_prefixes(redis_client())
+    forged = options_key[:-1] + ("A" if options_key[-1] != "A" else "B")  # issued prefix, wrong secret
+    never_issued = keys.generate_key("options").raw
+    answers = []
+    for key, database in ((forged, django_db_blocker.unblock), (never_issued, django_db_blocker.block)):
+        before = _rejections_4401()
+        with database():  # blocked: a query would fail the resolution (1011)
+            events, code = await frames_until_close(await _connected(application, key))
+        answers.append((code, events, _rejections_4401() - before))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == codes.CloseCode.UNAUTHORIZED and answers[0][2] == 1
+
+
+async def _connected(application, key):
+    communicator = connect(application, "options", key)
+    assert (await communicator.connect(TIMEOUT))[0]
+    return communicator
