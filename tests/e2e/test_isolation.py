@@ -111,6 +111,34 @@ async def test_a_client_pinging_beyond_its_budget_is_closed_and_the_neighbour_st
     assert await victim.read_data(1) == simulator.recorded("stocks")
 
 
+async def test_a_ping_flood_is_no_longer_read_once_refused(streaming_gateway, victim_key, attacker_key):
+    """A client flooding pings without reading kept writing ~550,000 pings (5.5 MB) after its 1008, all of them read
+    and parsed by the gateway until the close handshake timed out. Once refused, it is not read any more: it can
+    write only what the sockets' buffers take (its own send buffer is held to 4 KiB here), then its connection is
+    dropped."""
+    victim = Client(await open_from(streaming_gateway, victim_key, "stocks", VICTIM_ADDRESS))
+    await victim.subscribe("T.AAPL")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sock.bind((ATTACKER_ADDRESS, 0))
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", streaming_gateway.port))
+    await loop.sock_sendall(sock, upgrade_request("/v1/ws/stocks/", [("Authorization", f"Bearer {attacker_key}")]))
+    pings = b"".join(client_frame(b"x" * 125, opcode=0x9) for _ in range(1_000))
+    written = 0
+    with pytest.raises(ConnectionError):
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                await loop.sock_sendall(sock, pings)
+                written += len(pings)
+    sock.close()
+    assert written < 2 * 1024 * 1024, f"the gateway read {written} bytes of pings from a refused flood"
+
+    await asyncio.wait_for(await victim.websocket.ping(), TIMEOUT)
+    assert victim.websocket.close_code is None
+
+
 async def test_a_handshake_sent_byte_by_byte_is_dropped_and_others_get_in(
     gateway_factory, simulator, victim_key
 ):
