@@ -44,6 +44,30 @@ class Subscriber(Hashable, Protocol):
         """The upstream is gone: tell the client and close it (1011)."""
 
 
+class AckWaiter:
+    """One subscribe call waiting for the upstream to acknowledge its items: a count and one future.
+
+    A future per item made a 5,000-item subscribe create 5,000 futures and wait on all of them, on the event loop
+    every other client of the process shares.
+    """
+
+    __slots__ = ("remaining", "acknowledged")
+
+    def __init__(self) -> None:
+        self.remaining = 0
+        self.acknowledged = asyncio.get_running_loop().create_future()
+
+    def item_acknowledged(self) -> None:
+        self.remaining -= 1
+        if not self.remaining:
+            self.release()
+
+    def release(self) -> None:
+        """Stop waiting: everything was acknowledged, or the upstream connection is gone."""
+        if not self.acknowledged.done():
+            self.acknowledged.set_result(None)
+
+
 class UpstreamHub:
     """The upstream of one market in this process, and the subscriptions of its clients."""
 
@@ -68,7 +92,7 @@ class UpstreamHub:
         self._background = BackgroundTasks()
         self._wake = asyncio.Event()
         self._state_changed = asyncio.Event()
-        self._pending_acks: dict[str, asyncio.Future] = {}
+        self._pending_acks: dict[str, list[AckWaiter]] = {}  # items sent upstream, not yet acknowledged
         self._reserved: Counter[Subscription] = Counter()  # items of subscribe calls still in flight
         self._failures = 0
         self._last_failure = ""
@@ -113,13 +137,21 @@ class UpstreamHub:
                     raise UpstreamUnavailable(self._last_failure)
                 await self._next_state_change()
             await self._sync_upstream()
-            pending = [self._pending_acks[str(item)] for item in items if str(item) in self._pending_acks]
-            if pending:
+            waiter = AckWaiter()
+            pending_acks = self._pending_acks
+            for item in items:
+                waiters = pending_acks.get(str(item))
+                if waiters is not None:
+                    waiters.append(waiter)
+                    waiter.remaining += 1
+            if waiter.remaining:
                 try:
                     async with asyncio.timeout(UPSTREAM_ACK_TIMEOUT_SECONDS):
-                        await asyncio.wait(pending)
+                        await waiter.acknowledged
                 except TimeoutError:
-                    logger.warning("upstream %s did not acknowledge %d item(s) in time", self.market, len(pending))
+                    logger.warning(
+                        "upstream %s did not acknowledge %d item(s) in time", self.market, waiter.remaining
+                    )
             if self._failures != failures or not self.connected.is_set():
                 raise UpstreamUnavailable(self._last_failure)
             acknowledge()
@@ -253,9 +285,9 @@ class UpstreamHub:
         metrics.upstream_state(self.market, False)
         connection, self._connection = self._connection, None
         self._upstream_items = set()
-        for future in self._pending_acks.values():
-            if not future.done():
-                future.set_result(False)
+        for waiters in self._pending_acks.values():
+            for waiter in waiters:
+                waiter.release()
         self._pending_acks.clear()
         if connection is not None:
             await connection.close()
@@ -283,8 +315,7 @@ class UpstreamHub:
                     removed.add(text)
             try:
                 if added:
-                    loop = asyncio.get_running_loop()
-                    self._pending_acks.update({item: loop.create_future() for item in added})
+                    self._pending_acks.update({item: [] for item in added})
                     await connection.subscribe(added)
                     self._upstream_items |= added
                 if removed:
@@ -349,9 +380,8 @@ class UpstreamHub:
         message = str(event.get("message", ""))
         if event.get("status") == Status.SUCCESS:
             if message.startswith(SUBSCRIBED_PREFIX):
-                future = self._pending_acks.pop(message[len(SUBSCRIBED_PREFIX):], None)
-                if future is not None and not future.done():
-                    future.set_result(True)
+                for waiter in self._pending_acks.pop(message[len(SUBSCRIBED_PREFIX):], ()):
+                    waiter.item_acknowledged()
             return
         named = message.rpartition(" ")[2]  # the feed names an item last: "... not found: T.AAPL"
         concerned = (
