@@ -256,6 +256,7 @@ STREAM_ADDRESS_HANDSHAKE_RATE = env_float("STREAM_ADDRESS_HANDSHAKE_RATE", 10.0)
 STREAM_ADDRESS_HANDSHAKE_BURST = int(env_float("STREAM_ADDRESS_HANDSHAKE_BURST", 50))
 STREAM_ADDRESS_FAILURES_PER_MINUTE = int(env_float("STREAM_ADDRESS_FAILURES_PER_MINUTE", 30))
 STREAM_ADDRESS_PENDING_SOCKETS = int(env_float("STREAM_ADDRESS_PENDING_SOCKETS", 50))
+STREAM_ADDRESS_REFUSALS_BEFORE_DROP = int(env_float("STREAM_ADDRESS_REFUSALS_BEFORE_DROP", 100))
 STREAM_KEY_USAGE_INTERVAL = env_float("STREAM_KEY_USAGE_INTERVAL", 10.0)
 # How upstream frames reach this process's clients: "process" (its own upstream connection per market) or "relay"
 # (through Redis from the market's feed relay, `manage.py run_feed_relay`; README, Scaling out).

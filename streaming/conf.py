@@ -52,6 +52,7 @@ class StreamSettings:
     address_handshake_burst: int
     address_failures_per_minute: int
     address_pending_sockets: int
+    address_refusals_before_drop: int
     fanout: str
     relay_prefix: str
     relay_registration_ttl: float
@@ -97,6 +98,7 @@ def stream_settings() -> StreamSettings:
         address_handshake_burst=settings.STREAM_ADDRESS_HANDSHAKE_BURST,
         address_failures_per_minute=settings.STREAM_ADDRESS_FAILURES_PER_MINUTE,
         address_pending_sockets=settings.STREAM_ADDRESS_PENDING_SOCKETS,
+        address_refusals_before_drop=settings.STREAM_ADDRESS_REFUSALS_BEFORE_DROP,
         fanout=settings.STREAM_FANOUT,
         relay_prefix=settings.STREAM_RELAY_PREFIX,
         relay_registration_ttl=settings.STREAM_RELAY_REGISTRATION_TTL,

@@ -61,7 +61,7 @@ SOCKETS_DROPPED = Counter(
     "Connections the server dropped for what the client did, by reason (its budget, not the market's).",
     ["reason"],
 )
-DROP_REASONS = ("handshake_timeout", "ping_flood")
+DROP_REASONS = ("handshake_timeout", "ping_flood", "address_refused_repeatedly")
 
 
 def _export_initial_series() -> None:

@@ -160,6 +160,9 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Reference(_HTTP_CHANNEL, "lineReceived", "allHeadersReceived", "the channel ends a request's headers there"),
     Attribute(_HTTP_CHANNEL, "_handlingRequest", "a kept-alive channel between requests gets a deadline"),
     Attribute(_HTTP_CHANNEL, "transport", "a channel past its deadline is aborted"),
+    # streaming.daphne.upgrade_filter
+    Method("daphne.http_protocol:WebRequest", "process", ("self",), "patched: dropped addresses' upgrades", exact=True),
+    Attribute("daphne.http_protocol", "parse_x_forwarded_for", "the forwarded address, as daphne reads it"),
     # streaming.daphne.shutdown
     Method(_SERVER, "kill_all_applications", ("self",), "patched: graceful shutdown", exact=True),
     Reference(_SERVER, "run", "kill_all_applications", "daphne runs it before the reactor shuts down"),

@@ -2,7 +2,8 @@
 
 Each patch lives with the concern it serves: ``close`` (any sendable close code and its reason as a clean close
 frame), ``flow_control`` (send-side flow control and the direct text-frame write), ``shutdown`` (SIGTERM closes every
-WebSocket with 1001 and lets the apps clean up) and ``access_log`` (no query strings; through Python logging). This
+WebSocket with 1001 and lets the apps clean up), ``upgrade_filter`` (upgrades from addresses the application drops
+are aborted before daphne builds anything) and ``access_log`` (no query strings; through Python logging). This
 module wires them into daphne's classes, and stops autobahn pretty-printing its configuration for a debug line
 nobody reads on every connection. Before it touches anything, ``compatibility.check()`` makes sure every internal
 these patches rely on is there, with the shape they expect: a process on other versions refuses to start.
@@ -27,6 +28,7 @@ from streaming.daphne.handshake_deadline import (
 )
 from streaming.daphne.pings import patched_on_ping
 from streaming.daphne.shutdown import patched_kill_all_applications
+from streaming.daphne.upgrade_filter import patched_process
 
 _PATCH_MARKER = "_cutemarkets_daphne_shim"
 
@@ -45,6 +47,7 @@ def install() -> bool:
     compatibility.check()
     import autobahn.websocket.protocol
     from daphne.access import AccessLogGenerator
+    from daphne.http_protocol import WebRequest
     from daphne.ws_protocol import WebSocketProtocol
     from twisted.web.http import HTTPChannel
 
@@ -59,6 +62,7 @@ def install() -> bool:
     _patch(HTTPChannel, "allHeadersReceived", patched_all_headers_received)
     _patch(HTTPChannel, "requestDone", patched_request_done)
     _patch(HTTPChannel, "connectionLost", patched_connection_lost)
+    _patch(WebRequest, "process", patched_process)
     return True
 
 

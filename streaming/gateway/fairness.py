@@ -10,7 +10,11 @@ open. Each address therefore has, in each gateway process:
   the rest of that minute without its keys being looked up at all;
 - a cap on its sockets not yet admitted (``STREAM_ADDRESS_PENDING_SOCKETS``).
 
-A refusal closes with 1013 "try again later" after an ``error`` status. A customer's own reconnects pass: they fail
+A refusal closes with 1013 "try again later" after an ``error`` status. That answer still costs a whole WebSocket
+handshake (HTTP, autobahn, an application instance, three frames): an address refused
+``STREAM_ADDRESS_REFUSALS_BEFORE_DROP`` times within a minute, that is one ignoring the 1013s, has its next upgrade
+requests dropped unanswered, before daphne builds anything for them (``drops``, given to the daphne shim's
+``upgrade_filter``), until the minute is over. A customer's own reconnects pass: they fail
 no resolution, and the handshake budget is far above any reconnect loop. IPv6 clients are budgeted per /64, the
 block one subscriber usually holds. The address is the one daphne reports (behind the load balancer, the
 ``X-Forwarded-For`` it sets: see README, Deploying). Entries of quiet addresses are forgotten, so the table stays
@@ -20,6 +24,7 @@ bounded by the addresses active within a minute.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +38,7 @@ FORGET_AFTER_SECONDS = 2 * FAILURE_WINDOW_SECONDS
 PRUNE_EVERY = 1024
 """Handshakes between two sweeps of forgotten addresses."""
 IPV6_BUDGET_PREFIX = 64
+logger = logging.getLogger(__name__)
 BLOCKED_MESSAGE = "too many failed authentications from your address: try again in a minute"
 
 
@@ -42,6 +48,7 @@ class AddressLimits:
     handshake_burst: int
     failures_per_minute: int
     pending_sockets: int
+    refusals_before_drop: int
 
 
 @dataclass(slots=True)
@@ -52,6 +59,9 @@ class AddressState:
     window_started_at: float = 0.0
     blocked_until: float = 0.0
     pending: int = 0
+    refusals: int = 0
+    refusals_window_started_at: float = 0.0
+    dropped_until: float = 0.0
 
 
 @dataclass(eq=False, slots=True)
@@ -98,6 +108,7 @@ class AddressBudgets:
             return cls(AddressLimits(
                 settings.address_handshake_rate, settings.address_handshake_burst,
                 settings.address_failures_per_minute, settings.address_pending_sockets,
+                settings.address_refusals_before_drop,
             ))
 
         return cls._instances.get(make)
@@ -107,19 +118,38 @@ class AddressBudgets:
         now = self._clock()
         state = self._state(address, now)
         if state.blocked_until > now:
-            return BLOCKED_MESSAGE
-        if state.pending >= self.limits.pending_sockets:
-            return (
+            refusal = BLOCKED_MESSAGE
+        elif state.pending >= self.limits.pending_sockets:
+            refusal = (
                 f"too many connections from your address waiting to authenticate "
                 f"(at most {self.limits.pending_sockets}): try again later"
             )
-        if not state.handshakes.take():
-            return (
+        elif not state.handshakes.take():
+            refusal = (
                 f"too many connection attempts from your address "
                 f"(more than {self.limits.handshake_rate:g} per second): try again later"
             )
-        state.pending += 1
-        return PendingSocket(state)
+        else:
+            state.pending += 1
+            return PendingSocket(state)
+        self._refused(address, state, now)
+        return refusal
+
+    def drops(self, address: str) -> bool:
+        """Whether upgrade requests from *address* are dropped unanswered: it kept connecting after enough 1013s."""
+        state = self._states.get(budget_key(address))
+        return state is not None and state.dropped_until > self._clock()
+
+    def _refused(self, address: str, state: AddressState, now: float) -> None:
+        if now - state.refusals_window_started_at >= FAILURE_WINDOW_SECONDS:
+            state.refusals_window_started_at, state.refusals = now, 0
+        state.refusals += 1
+        if state.refusals == self.limits.refusals_before_drop:  # once per address and minute
+            state.dropped_until = state.refusals_window_started_at + FAILURE_WINDOW_SECONDS
+            logger.warning(
+                "address %s refused %d times within a minute: its upgrade requests are dropped for %.0f s",
+                budget_key(address), state.refusals, state.dropped_until - now,
+            )
 
     def is_blocked(self, address: str) -> bool:
         """Whether keys from *address* are refused without being looked up (see ``resolution_failed``)."""
@@ -155,5 +185,6 @@ class AddressBudgets:
         self._until_prune = PRUNE_EVERY
         self._states = {
             key: state for key, state in self._states.items()
-            if state.pending or state.blocked_until > now or now - state.seen_at < FORGET_AFTER_SECONDS
+            if state.pending or max(state.blocked_until, state.dropped_until) > now
+            or now - state.seen_at < FORGET_AFTER_SECONDS
         }

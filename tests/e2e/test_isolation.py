@@ -15,7 +15,7 @@ import string
 import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidMessage
 
 from accounts.models import Plan
 from streaming.codes import CloseCode
@@ -342,3 +342,29 @@ async def test_pings_whose_pongs_are_never_read_cost_one_pending_pong_and_the_ne
     await simulator.send_events("stocks", [{"ev": "T", "sym": "AAPL", "p": 1.5, "s": 10, "t": 1, "q": 1}])
     assert await victim.read_data(1) == simulator.recorded("stocks")
     assert victim.websocket.close_code is None
+
+
+async def test_an_address_ignoring_its_refusals_is_dropped_before_the_upgrade_and_others_get_in(
+    gateway_factory, victim_key, attacker_key
+):
+    """Each refused handshake still cost the gateway a whole WebSocket handshake: an address reconnecting at once
+    after every 1013 (1,150 times in 8 s in the neighbours bench) raised a neighbour's p99 eighteenfold."""
+    gateway = gateway_factory(
+        "dropping", **UNUSED_UPSTREAM_ENV, STREAM_ADDRESS_HANDSHAKE_RATE="0.01", STREAM_ADDRESS_HANDSHAKE_BURST="2",
+        STREAM_ADDRESS_REFUSALS_BEFORE_DROP="5",
+    )
+    url = gateway.url("/v1/ws/stocks/")
+    for _ in range(2):  # the burst
+        await (await open_from(gateway, attacker_key, "stocks", ATTACKER_ADDRESS)).close()
+    refused = [await outcome_from(url, ATTACKER_ADDRESS, bearer(attacker_key)) for _ in range(5)]
+    assert {(o.statuses[-1], o.close_code) for o in refused} == {("error", 1013)}  # answered, in the feed's shape
+    with pytest.raises((InvalidMessage, ConnectionError, EOFError)):  # then dropped before any response
+        await outcome_from(url, ATTACKER_ADDRESS, bearer(attacker_key))
+
+    await (await open_from(gateway, victim_key, "stocks", VICTIM_ADDRESS)).close()  # another address gets in
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port, local_addr=(ATTACKER_ADDRESS, 0))
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")  # plain HTTP still served
+    assert (await reader.read()).startswith(b"HTTP/1.1 200")
+    writer.close()
+    samples = await asyncio.to_thread(scrape, gateway.port)
+    assert value(samples, "cutemarkets_sockets_dropped_total", reason="address_refused_repeatedly") == 1

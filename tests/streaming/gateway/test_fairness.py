@@ -3,7 +3,9 @@ import pytest
 from streaming.gateway.fairness import FAILURE_WINDOW_SECONDS, AddressBudgets, AddressLimits, PendingSocket, budget_key
 from tests.streaming.runtime.test_ratelimit import Clock
 
-LIMITS = AddressLimits(handshake_rate=5, handshake_burst=10, failures_per_minute=3, pending_sockets=4)
+LIMITS = AddressLimits(
+    handshake_rate=5, handshake_burst=10, failures_per_minute=3, pending_sockets=4, refusals_before_drop=6
+)
 
 
 @pytest.fixture
@@ -87,3 +89,18 @@ def test_quiet_addresses_are_forgotten(budgets, clock):
         admitted(budgets, f"10.2.{n // 256}.{n % 256}", 1)[0].release()
     assert budgets.tracked_addresses() <= 2_000 + 2  # the old ones are gone; a held socket's address stays
     held[0].release()
+
+
+def test_an_address_refused_again_and_again_has_its_upgrades_dropped_for_the_rest_of_the_minute(budgets, clock):
+    admit_and_release(budgets, "10.0.0.1", 10)  # admissions never count towards it
+    assert not budgets.drops("10.0.0.1")
+    for _ in range(5):
+        assert isinstance(budgets.admit_handshake("10.0.0.1"), str)
+    assert not budgets.drops("10.0.0.1")  # five 1013s: still answered
+    assert isinstance(budgets.admit_handshake("10.0.0.1"), str)
+    assert budgets.drops("10.0.0.1") and not budgets.drops("10.0.0.2")
+    clock.now += FAILURE_WINDOW_SECONDS
+    assert not budgets.drops("10.0.0.1")  # the minute is over: refused properly again, and counted afresh
+    admit_and_release(budgets, "10.0.0.1", 10)
+    assert isinstance(budgets.admit_handshake("10.0.0.1"), str)
+    assert not budgets.drops("10.0.0.1")
