@@ -79,9 +79,8 @@ BREAKAGES: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], str]] = {
         "daphne.access.AccessLogGenerator.__call__: no longer uses 'write_entry'",
     ),
     "autobahn renamed a keyword of sendCloseFrame": (
-        lambda patch: patch.setattr(
-            autobahn.websocket.protocol.WebSocketProtocol, "sendCloseFrame", send_close_frame_with_a_renamed_keyword
-        ),
+        # On daphne's class, which the shim's own sendCloseFrame (wrapping autobahn's) already shadows here:
+        lambda patch: patch.setattr(WebSocketProtocol, "sendCloseFrame", send_close_frame_with_a_renamed_keyword),
         "daphne.ws_protocol.WebSocketProtocol.sendCloseFrame: takes (self, code, reason, isReply)",
     ),
     "autobahn no longer assigns send_queue": (
