@@ -4,7 +4,8 @@ WebSocket ``/close?code=&reason=`` accepts then closes; ``/frames`` sends ``FRAM
 ``FlowControl.write_text`` interleaved with ASGI sends, then closes; ``/flood?id=&mode=`` sends to a client that does
 not read (``mode`` = outbox, wait or ignore: see the ``_flood_*`` functions). HTTP ``/stats`` returns what each flood
 connection observed, ``/abort?id=`` makes an ``ignore`` flood abort its connection. ``/inbound?id=&hold=1`` answers
-each message with its length, after ``/release?id=`` when held (a consumer that stopped taking messages); ``/stats``
+each message with its length, after ``/release?id=`` when held (a consumer that stopped taking messages; with
+``hold=close`` the release closes instead, then takes what is left); ``/stats``
 shows what its input queue holds. ``SHIM_APP_INSTALL=0`` in the
 environment leaves daphne unpatched.
 """
@@ -89,6 +90,10 @@ async def _inbound(scope: dict[str, Any], query: dict[str, str], receive: Any, s
         INBOUND_PROTOCOLS[connection_id] = flow._protocol
     if "hold" in query:
         await RELEASE_REQUESTS[connection_id].wait()
+    if query.get("hold") == "close":  # and take nothing until the connection is gone: only the close can resume
+        await send({"type": "websocket.close", "code": 1000})
+        assert flow is not None
+        await flow._protocol.is_closed.asFuture(asyncio.get_running_loop())
     while (message := await receive())["type"] == "websocket.receive":
         size = len(message["bytes"] if message.get("bytes") is not None else message["text"].encode())
         stats["received_bytes"] += size

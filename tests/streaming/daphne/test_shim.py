@@ -357,9 +357,11 @@ def send_until_blocked(sock: socket.socket, data: memoryview) -> int:
     return sent
 
 
-def flood_held_consumer(daphne: Daphne, connection_id: str) -> tuple[socket.socket, memoryview, int]:
+def flood_held_consumer(
+    daphne: Daphne, connection_id: str, hold: str = "1"
+) -> tuple[socket.socket, memoryview, int]:
     """Open a client whose app holds its messages, send it ``FLOOD_FRAMES`` frames until its sends block."""
-    sock = open_non_reading_client(daphne, f"/inbound?id={connection_id}&hold=1")
+    sock = open_non_reading_client(daphne, f"/inbound?id={connection_id}&hold={hold}")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CLIENT_RECEIVE_BUFFER)
     stream = memoryview(client_frame(b"x" * FLOOD_FRAME_BYTES) * FLOOD_FRAMES)
     return sock, stream, send_until_blocked(sock, stream)
@@ -387,6 +389,24 @@ def test_a_client_flooding_a_held_consumer_is_paused_within_its_inbound_budget(d
                  "the released consumer to take every message")
         assert daphne.stats()["attacker"]["paused"] is False
     assert "Traceback" not in daphne.stderr()
+
+
+def test_a_close_sent_while_reading_is_paused_completes_its_handshake(daphne: Daphne) -> None:
+    """The server reads again once its close frame is out: the client's reply arrives, no reset 2 s later."""
+    sock, stream, sent = flood_held_consumer(daphne, "closing", hold="close")
+    with sock:
+        assert sent < len(stream) and daphne.stats()["closing"]["paused"] is True
+        daphne.get("/release?id=closing")
+        sock.settimeout(5)
+        header = b""
+        while len(header) < 4:
+            header += sock.recv(4 - len(header))
+        assert header == b"\x88\x02" + struct.pack("!H", 1000)
+        frame_bytes = len(stream) // FLOOD_FRAMES
+        sock.sendall(stream[sent:sent + (-sent) % frame_bytes])  # the rest of the frame the block cut
+        sock.sendall(bytes((0x88, 0x82)) + b"\0\0\0\0" + struct.pack("!H", 1000))
+        stats = flood_stats(daphne, "closing", "disconnect_code")
+    assert stats["disconnect_code"] == 1000  # the reply was read; unread, the close handshake timeout makes it 1006
 
 
 def test_without_the_shim_a_held_consumer_makes_daphne_hold_the_whole_flood(tmp_path: Path) -> None:
