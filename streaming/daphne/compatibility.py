@@ -172,6 +172,10 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Reference(_PROTOCOL, "onMessageEnd", "failedByMe", "the rest of an oversize message is discarded"),
     Attribute("daphne.ws_protocol:WebSocketFactory", "maxMessagePayloadSize", "the message size limit"),
     Attribute("daphne.ws_protocol:WebSocketFactory", "maxFramePayloadSize", "the frame size limit"),
+    Method(_PROTOCOL, "_sendAutoPing", ("self",), "patched: no keep-alive ping while paused", exact=True),
+    Reference("daphne.ws_protocol:WebSocketProtocol", "check_timeouts", "_sendAutoPing", "daphne's keep-alive"),
+    Attribute(_PROTOCOL, "autoPingTimeoutCall", "a keep-alive ping out when reading pauses stops counting"),
+    Attribute(_PROTOCOL, "autoPingPending", "its pong, read later, is then ignored"),
     Method(_TRANSPORT, "pauseProducing", ("self",), "stops reading from a client over its inbound budget"),
     Method(_TRANSPORT, "resumeProducing", ("self",), "reads from it again"),
     # streaming.daphne.handshake_deadline

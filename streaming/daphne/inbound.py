@@ -9,6 +9,10 @@ application's ``receive()``; past ``STREAM_CLIENT_INBOUND_BYTES`` the server sto
 autobahn fails a message over its size limit by dropping TCP (the client sees 1006, and learns nothing). With the
 limit at ``STREAM_CLIENT_MAX_MESSAGE_BYTES``, such a message now gets an ``error`` status and close 1009 with a
 reason; autobahn discards the rest of it while the close handshake completes.
+
+While reading is paused the client's pongs wait unread behind its messages, so daphne's keep-alive (a ping every
+``--ping-interval``, the connection dropped when no pong comes within ``--ping-timeout``) would drop a live client
+for its consumer's slowness: a paused connection is not pinged, and a ping already out stops counting.
 """
 
 from __future__ import annotations
@@ -95,6 +99,7 @@ class InboundBudget:
             self.paused = True
             metrics.inbound_paused()
             self._protocol.transport.pauseProducing()
+            self._forget_keep_alive_ping()
 
     def taken(self) -> None:
         """The application took the oldest queued message; read again once the queue is down to half the limit."""
@@ -108,6 +113,27 @@ class InboundBudget:
             self.paused = False
             if self._protocol.transport is not None and self._protocol.transport.connected:
                 self._protocol.transport.resumeProducing()
+
+
+    def _forget_keep_alive_ping(self) -> None:
+        """Stop the timeout of a keep-alive ping already sent: its pong cannot be read until reading resumes (it is
+        then an unsolicited pong, which autobahn ignores)."""
+        protocol = self._protocol
+        if protocol.autoPingTimeoutCall is not None:
+            protocol.autoPingTimeoutCall.cancel()
+            protocol.autoPingTimeoutCall = None
+        protocol.autoPingPending = None
+
+
+def patched_send_auto_ping(original: Callable[..., None]) -> Callable[..., None]:
+    def _sendAutoPing(self: Any) -> None:
+        """Send daphne's keep-alive ping, unless reading from the client is paused (see the module docstring);
+        daphne tries again an interval later."""
+        budget = InboundBudget.of(self)
+        if budget is None or not budget.paused:
+            original(self)
+
+    return _sendAutoPing
 
 
 def patched_on_message(original: Callable[..., None]) -> Callable[..., None]:

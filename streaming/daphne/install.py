@@ -29,6 +29,7 @@ from streaming.daphne.handshake_deadline import (
 from streaming.daphne.inbound import (
     patched_max_message_size_exceeded,
     patched_on_message,
+    patched_send_auto_ping,
     patched_send_close_frame,
 )
 from streaming.daphne.pings import patched_on_ping
@@ -64,6 +65,7 @@ def install() -> bool:
     _patch(WebSocketProtocol, "onMessage", patched_on_message)
     _patch(WebSocketProtocol, "sendCloseFrame", patched_send_close_frame)
     _patch(WebSocketProtocol, "_max_message_size_exceeded", patched_max_message_size_exceeded)
+    _patch(WebSocketProtocol, "_sendAutoPing", patched_send_auto_ping)
     _patch(HTTPChannel, "connectionMade", patched_connection_made)
     _patch(HTTPChannel, "allHeadersReceived", patched_all_headers_received)
     _patch(HTTPChannel, "requestDone", patched_request_done)

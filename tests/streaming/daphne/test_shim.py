@@ -52,14 +52,14 @@ TCP_CLOSE = 7
 class Daphne:
     """One daphne subprocess serving shim_app on a free loopback port, its output captured to files."""
 
-    def __init__(self, log_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, log_dir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.stderr_path = log_dir / f"daphne-{self.port}.stderr"
         with open(self.stderr_path, "wb") as stderr:
             self.process = subprocess.Popen(
-                [str(DAPHNE), "-b", "127.0.0.1", "-p", str(self.port), APP],
+                [str(DAPHNE), "-b", "127.0.0.1", "-p", str(self.port), *args, APP],
                 cwd=REPO_ROOT,
                 env={**os.environ, **(env or {})},
                 stdout=subprocess.DEVNULL,
@@ -330,6 +330,8 @@ READ_CHUNK_BYTES = 64 * 1024
 FLOOD_GROWTH_KB = FLOOD_FRAME_BYTES * FLOOD_FRAMES // 2 // 1024
 """Half the flood: what an unbounded queue makes daphne's RSS grow by, at least."""
 BLOCKED_SECONDS = 1.0
+KEEP_ALIVE_WAIT_SECONDS = 4.0
+"""Twice what a ping every second with a second to answer takes to drop a client (daphne checks once a second)."""
 """A send that makes no progress for this long is blocked by back-pressure."""
 
 
@@ -407,6 +409,27 @@ def test_a_close_sent_while_reading_is_paused_completes_its_handshake(daphne: Da
         sock.sendall(bytes((0x88, 0x82)) + b"\0\0\0\0" + struct.pack("!H", 1000))
         stats = flood_stats(daphne, "closing", "disconnect_code")
     assert stats["disconnect_code"] == 1000  # the reply was read; unread, the close handshake timeout makes it 1006
+
+
+def test_keep_alive_does_not_drop_a_client_while_its_reading_is_paused(tmp_path: Path) -> None:
+    """daphne pings every ``--ping-interval`` and drops a client whose pong is late; a paused client's pong waits
+    unread, so it is not pinged meanwhile. Pinged every second with a second to answer, it outlives KEEP_ALIVE_WAIT."""
+    server = Daphne(tmp_path, args=("--ping-interval", "1", "--ping-timeout", "1"))
+    try:
+        sock, stream, sent = flood_held_consumer(server, "keep-alive")
+        with sock:
+            time.sleep(KEEP_ALIVE_WAIT_SECONDS)  # nothing to wait for: what must not happen is a drop meanwhile
+            assert server.stats()["keep-alive"]["paused"] is True
+            server.get("/release?id=keep-alive")
+            sock.settimeout(FLOOD_TIMEOUT_SECONDS)
+            sock.sendall(stream[sent:])
+            wait_for(
+                lambda: server.stats()["keep-alive"]["received_bytes"] == FLOOD_FRAME_BYTES * FLOOD_FRAMES,
+                FLOOD_TIMEOUT_SECONDS, "the released consumer to take every message",
+            )
+            assert "disconnect_code" not in server.stats()["keep-alive"]
+    finally:
+        server.stop()
 
 
 def test_without_the_shim_a_held_consumer_makes_daphne_hold_the_whole_flood(tmp_path: Path) -> None:
