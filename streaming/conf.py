@@ -47,6 +47,8 @@ class StreamSettings:
     client_item_burst: int
     client_ping_rate: float
     client_ping_burst: int
+    client_inbound_bytes: int
+    client_max_message_bytes: int
     handshake_timeout: float
     address_handshake_rate: float
     address_handshake_burst: int
@@ -93,6 +95,8 @@ def stream_settings() -> StreamSettings:
         client_item_burst=settings.STREAM_CLIENT_ITEM_BURST,
         client_ping_rate=settings.STREAM_CLIENT_PING_RATE,
         client_ping_burst=settings.STREAM_CLIENT_PING_BURST,
+        client_inbound_bytes=settings.STREAM_CLIENT_INBOUND_BYTES,
+        client_max_message_bytes=settings.STREAM_CLIENT_MAX_MESSAGE_BYTES,
         handshake_timeout=settings.STREAM_HANDSHAKE_TIMEOUT,
         address_handshake_rate=settings.STREAM_ADDRESS_HANDSHAKE_RATE,
         address_handshake_burst=settings.STREAM_ADDRESS_HANDSHAKE_BURST,

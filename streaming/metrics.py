@@ -61,7 +61,12 @@ SOCKETS_DROPPED = Counter(
     "Connections the server dropped for what the client did, by reason (its budget, not the market's).",
     ["reason"],
 )
-DROP_REASONS = ("handshake_timeout", "ping_flood", "address_refused_repeatedly")
+INBOUND_PAUSES = Counter(
+    "cutemarkets_inbound_pauses",
+    "Times the server stopped reading from a client whose messages, queued for the application, passed "
+    "STREAM_CLIENT_INBOUND_BYTES.",
+)
+DROP_REASONS = ("handshake_timeout", "ping_flood", "message_too_big", "address_refused_repeatedly")
 
 
 def _export_initial_series() -> None:
@@ -136,6 +141,11 @@ def slow_consumer(market: str) -> None:
 def lock_refresh_failure(reason: str) -> None:
     """A connection lock could not be kept; *reason* is ``LossReason.value`` ("lost" or "unreachable")."""
     LOCK_REFRESH_FAILURES.labels(reason).inc()
+
+
+def inbound_paused() -> None:
+    """The server stopped reading from a client until the application takes its queued messages."""
+    INBOUND_PAUSES.inc()
 
 
 def socket_dropped(reason: str) -> None:

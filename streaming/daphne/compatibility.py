@@ -152,6 +152,32 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Method(_PROTOCOL, "onPing", ("self", "payload"), "patched: the ping budget", exact=True),
     Reference("autobahn.twisted.websocket:WebSocketAdapterProtocol", "_onPing", "onPing", "autobahn's ping callback"),
     Reference(_PROTOCOL, "processControlFrame", "_onPing", "autobahn hands every ping to it"),
+    # streaming.daphne.inbound
+    Method(_PROTOCOL, "onMessage", ("self", "payload", "isBinary"), "patched: the inbound budget", exact=True),
+    Reference(_PROTOCOL, "onMessage", "application_queue", "daphne queues every message for the application"),
+    Reference(_PROTOCOL, "onMessage", "muted", "a muted socket's messages are not queued"),
+    Reference(_SERVER, "create_application", "get", "the application's receive is its input queue's get"),
+    Reference("asyncio.queues:Queue", "get", "get_nowait", "the budget sees each message taken there"),
+    Method(
+        _PROTOCOL, "sendCloseFrame", ("self", "code", "reasonUtf8", "isReply"), "patched: reads again", exact=True
+    ),
+    Method(
+        _PROTOCOL,
+        "_max_message_size_exceeded",
+        ("self", "msg_size", "max_msg_size", "reason"),
+        "patched: close 1009 for an oversize message",
+        exact=True,
+    ),
+    Reference(_PROTOCOL, "onMessageFrameBegin", "_max_message_size_exceeded", "autobahn's size check calls it"),
+    Reference(_PROTOCOL, "onMessageEnd", "failedByMe", "the rest of an oversize message is discarded"),
+    Attribute("daphne.ws_protocol:WebSocketFactory", "maxMessagePayloadSize", "the message size limit"),
+    Attribute("daphne.ws_protocol:WebSocketFactory", "maxFramePayloadSize", "the frame size limit"),
+    Method(_PROTOCOL, "_sendAutoPing", ("self",), "patched: no keep-alive ping while paused", exact=True),
+    Reference("daphne.ws_protocol:WebSocketProtocol", "check_timeouts", "_sendAutoPing", "daphne's keep-alive"),
+    Attribute(_PROTOCOL, "autoPingTimeoutCall", "a keep-alive ping out when reading pauses stops counting"),
+    Attribute(_PROTOCOL, "autoPingPending", "its pong, read later, is then ignored"),
+    Method(_TRANSPORT, "pauseProducing", ("self",), "stops reading from a client over its inbound budget"),
+    Method(_TRANSPORT, "resumeProducing", ("self",), "reads from it again"),
     # streaming.daphne.handshake_deadline
     Method(_HTTP_CHANNEL, "connectionMade", ("self",), "patched: the headers' deadline starts", exact=True),
     Method(_HTTP_CHANNEL, "allHeadersReceived", ("self",), "patched: the headers' deadline ends", exact=True),

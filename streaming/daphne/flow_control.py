@@ -12,6 +12,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from streaming.daphne.inbound import InboundBudget
+
 FLOW_CONTROL_EXTENSION = "cutemarkets.flow_control"
 """Key of the ``FlowControl`` object in ``scope["extensions"]``; absent when the server is not a patched daphne."""
 
@@ -172,13 +174,18 @@ def get_flow_control(scope: dict[str, Any]) -> FlowControl | None:
 
 def patched_create_application(original: Callable[..., Any]) -> Callable[..., Any]:
     def create_application(self: Any, protocol: Any, scope: dict[str, Any]) -> Any:
-        """Add the ``FlowControl`` extension to a WebSocket scope before the application instance is made.
+        """Add the ``FlowControl`` extension to a WebSocket scope before the application instance is made, and
+        attach the ``InboundBudget`` to the input queue daphne makes for it.
 
         daphne builds the scope inline in ``WebSocketProtocol.onConnect`` and has no hook for server extensions; this
-        is the one place that sees both the protocol (and so its transport) and the scope.
+        is the one place that sees the protocol (and so its transport), the scope and the application's queue.
         """
-        if scope["type"] == "websocket":
-            scope.setdefault("extensions", {})[FLOW_CONTROL_EXTENSION] = FlowControl.attach(protocol)
-        return original(self, protocol, scope)
+        if scope["type"] != "websocket":
+            return original(self, protocol, scope)
+        scope.setdefault("extensions", {})[FLOW_CONTROL_EXTENSION] = FlowControl.attach(protocol)
+        queue = original(self, protocol, scope)
+        if queue is not None:
+            InboundBudget.attach(protocol, queue)
+        return queue
 
     return create_application

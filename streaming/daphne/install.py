@@ -1,9 +1,10 @@
 """Installs the project's daphne patches (``install()``, called by ``cutemarkets/asgi.py``).
 
 Each patch lives with the concern it serves: ``close`` (any sendable close code and its reason as a clean close
-frame), ``flow_control`` (send-side flow control and the direct text-frame write), ``shutdown`` (SIGTERM closes every
-WebSocket with 1001 and lets the apps clean up), ``upgrade_filter`` (upgrades from addresses the application drops
-are aborted before daphne builds anything) and ``access_log`` (no query strings; through Python logging). This
+frame), ``flow_control`` (send-side flow control and the direct text-frame write), ``inbound`` (the budget on
+queued inbound bytes, and close 1009 for an oversize message), ``shutdown`` (SIGTERM closes every WebSocket with
+1001 and lets the apps clean up), ``upgrade_filter`` (upgrades from addresses the application drops are aborted
+before daphne builds anything) and ``access_log`` (no query strings; through Python logging). This
 module wires them into daphne's classes, and stops autobahn pretty-printing its configuration for a debug line
 nobody reads on every connection. Before it touches anything, ``compatibility.check()`` makes sure every internal
 these patches rely on is there, with the shape they expect: a process on other versions refuses to start.
@@ -25,6 +26,12 @@ from streaming.daphne.handshake_deadline import (
     patched_connection_lost,
     patched_connection_made,
     patched_request_done,
+)
+from streaming.daphne.inbound import (
+    patched_max_message_size_exceeded,
+    patched_on_message,
+    patched_send_auto_ping,
+    patched_send_close_frame,
 )
 from streaming.daphne.pings import patched_on_ping
 from streaming.daphne.shutdown import patched_kill_all_applications
@@ -58,6 +65,10 @@ def install() -> bool:
     _patch(server_module.Server, "kill_all_applications", patched_kill_all_applications)
     _patch(AccessLogGenerator, "write_entry", patched_write_entry)
     _patch(WebSocketProtocol, "onPing", patched_on_ping)
+    _patch(WebSocketProtocol, "onMessage", patched_on_message)
+    _patch(WebSocketProtocol, "sendCloseFrame", patched_send_close_frame)
+    _patch(WebSocketProtocol, "_max_message_size_exceeded", patched_max_message_size_exceeded)
+    _patch(WebSocketProtocol, "_sendAutoPing", patched_send_auto_ping)
     _patch(HTTPChannel, "connectionMade", patched_connection_made)
     _patch(HTTPChannel, "allHeadersReceived", patched_all_headers_received)
     _patch(HTTPChannel, "requestDone", patched_request_done)

@@ -31,6 +31,10 @@ pytestmark = pytest.mark.e2e
 
 VICTIM_ADDRESS = "127.0.0.1"
 ATTACKER_ADDRESS = "127.0.0.2"
+INBOUND_BUDGET = 64 * 1024
+"""A small ``STREAM_CLIENT_INBOUND_BYTES``, so that a consumer a few messages behind already passes it."""
+FLOOD_MESSAGES = 2_000
+"""120 MB of 60 KB messages: more than the sockets' kernel buffers hold."""
 
 
 def made_up_tickers(count: int) -> list[str]:
@@ -368,3 +372,47 @@ async def test_an_address_ignoring_its_refusals_is_dropped_before_the_upgrade_an
     writer.close()
     samples = await asyncio.to_thread(scrape, gateway.port)
     assert value(samples, "cutemarkets_sockets_dropped_total", reason="address_refused_repeatedly") == 1
+
+
+async def test_a_client_flooding_messages_is_paused_within_its_inbound_budget_and_the_neighbour_streams_on(
+    gateway_factory, simulator, victim_key, attacker_key
+):
+    """daphne queued every message a client sent for the consumer, without limit: one sending 60 KB messages as
+    fast as TCP allows, and reading nothing, made the gateway hold whatever the consumer had not got to yet."""
+    gateway = gateway_factory(
+        "inbound-flood", **simulator_env(simulator),
+        STREAM_CLIENT_INBOUND_BYTES=str(INBOUND_BUDGET), STREAM_CLIENT_REFUSALS_BEFORE_CLOSE="1000000",
+    )
+    victim = Client(await open_from(gateway, victim_key, "stocks", VICTIM_ADDRESS))
+    await victim.subscribe("T.AAPL")
+    attacker = await open_from(gateway, attacker_key, "stocks", ATTACKER_ADDRESS)
+    message = orjson.dumps({"action": "subscribe", "params": "T." + "A" * 60_000}).decode()
+    try:
+        for _ in range(FLOOD_MESSAGES):
+            await asyncio.wait_for(attacker.send(message), TIMEOUT)
+    except (TimeoutError, ConnectionClosed):
+        pass  # back-pressure held the sends (or the gateway closed a client that reads none of its replies)
+    assert value(scrape(gateway.port), "cutemarkets_inbound_pauses_total") >= 1
+
+    simulator.start_recording("stocks")
+    await simulator.send_events("stocks", [{"ev": "T", "sym": "AAPL", "p": 1.5, "s": 10, "t": 1, "q": 1}])
+    assert await victim.read_data(1) == simulator.recorded("stocks")
+    assert victim.websocket.close_code is None
+    attacker.transport.abort()
+
+
+async def test_a_message_over_the_size_limit_is_closed_1009_and_the_neighbour_streams_on(
+    streaming_gateway, simulator, victim_key, attacker_key
+):
+    """A message over 1 MiB made autobahn drop the TCP connection: the client saw 1006 and learnt nothing."""
+    victim = Client(await open_from(streaming_gateway, victim_key, "stocks", VICTIM_ADDRESS))
+    await victim.subscribe("T.AAPL")
+    attacker = await open_from(streaming_gateway, attacker_key, "stocks", ATTACKER_ADDRESS)
+    await attacker.send("x" * (2 << 20))
+    outcome = await read_until_closed(attacker)
+    assert attacker.close_code == CloseCode.MESSAGE_TOO_BIG and attacker.close_reason == "message too big"
+    assert outcome.events[-1]["status"] == "error" and outcome.events[-1]["message"].startswith("message too large")
+
+    simulator.start_recording("stocks")
+    await simulator.send_events("stocks", [{"ev": "T", "sym": "AAPL", "p": 1.5, "s": 10, "t": 1, "q": 1}])
+    assert await victim.read_data(1) == simulator.recorded("stocks")

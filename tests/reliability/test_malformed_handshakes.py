@@ -618,7 +618,9 @@ FRAME_CASES = [
     FrameCase("continuation without a first fragment", (client_frame(b"x", opcode=0x0),), DROPPED),
     FrameCase("close code 999", (client_frame(struct.pack("!H", 999), opcode=0x8),), DROPPED),
     FrameCase("close with a 1-byte payload", (client_frame(b"\x03", opcode=0x8),), DROPPED),
-    FrameCase("2 MiB text frame (daphne's limit is 1 MiB)", (client_frame("x" * (2 << 20)),), DROPPED),
+    FrameCase("2 MiB text frame (the limit is 1 MiB)", (client_frame("x" * (2 << 20)),), 1009),
+    FrameCase("1 MiB - 64 B text frame", (client_frame("x" * ((1 << 20) - 64)), client_frame(AUTH_PROBE)), None,
+              ("error", "auth_success")),
     FrameCase("100 KB text frame", (client_frame("x" * 100_000), client_frame(AUTH_PROBE)), None,
               ("error", "auth_success")),
     FrameCase("empty text frame", (client_frame(""), client_frame(AUTH_PROBE)), None, ("error", "auth_success")),
@@ -630,8 +632,9 @@ FRAME_CASES = [
 
 async def test_malformed_frames_after_the_handshake(gateway, keys, clean_redis):
     """RFC 6455 violations end the connection (autobahn fails it by dropping TCP, its default ``failByDrop``: the
-    client sees 1006), never a 1011 or a traceback, and the consumer lets its connection lock go; bad but well-framed
-    input gets an error status and the stream stays open."""
+    client sees 1006), never a 1011 or a traceback, and the consumer lets its connection lock go; a message over
+    ``STREAM_CLIENT_MAX_MESSAGE_BYTES`` is closed 1009; bad but well-framed input gets an error status and the stream
+    stays open."""
     problems = []
     for case in FRAME_CASES:
         key = keys.take()
@@ -640,7 +643,7 @@ async def test_malformed_frames_after_the_handshake(gateway, keys, clean_redis):
         for frame in case.frames:
             try:
                 await connection.send(frame)
-            except ConnectionError:  # dropped before the whole frame was written (the 2 MiB one): an outcome too
+            except ConnectionError:  # dropped before the whole frame was written: an outcome too
                 break
         if case.expect_close is None:
             statuses = [event["status"] for event in await connection.next_events(len(case.expect_statuses))]

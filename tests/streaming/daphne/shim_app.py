@@ -3,7 +3,10 @@
 WebSocket ``/close?code=&reason=`` accepts then closes; ``/frames`` sends ``FRAME_SIZES`` text frames through
 ``FlowControl.write_text`` interleaved with ASGI sends, then closes; ``/flood?id=&mode=`` sends to a client that does
 not read (``mode`` = outbox, wait or ignore: see the ``_flood_*`` functions). HTTP ``/stats`` returns what each flood
-connection observed, ``/abort?id=`` makes an ``ignore`` flood abort its connection. ``SHIM_APP_INSTALL=0`` in the
+connection observed, ``/abort?id=`` makes an ``ignore`` flood abort its connection. ``/inbound?id=&hold=1`` answers
+each message with its length, after ``/release?id=`` when held (a consumer that stopped taking messages; with
+``hold=close`` the release closes instead, then takes what is left); ``/stats``
+shows what its input queue holds. ``SHIM_APP_INSTALL=0`` in the
 environment leaves daphne unpatched.
 """
 
@@ -17,7 +20,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
-from streaming.daphne import flow_control, install
+from streaming.daphne import flow_control, inbound, install
 
 if os.environ.get("SHIM_APP_INSTALL", "1") == "1":
     install.install()
@@ -35,6 +38,8 @@ FRAME_SIZES = (0, 1, 125, 126, 65535, 65536, 300_000)
 
 STATS: dict[str, dict[str, Any]] = {}
 ABORT_REQUESTS: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
+RELEASE_REQUESTS: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
+INBOUND_PROTOCOLS: dict[str, Any] = {}
 
 
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -48,6 +53,8 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await _close(query, receive, send)
         elif scope["path"] == "/frames":
             await _frames(scope, receive, send)
+        elif scope["path"] == "/inbound":
+            await _inbound(scope, query, receive, send)
         else:
             await _flood(scope, query, receive, send)
 
@@ -55,6 +62,10 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
 async def _http(scope: dict[str, Any], query: dict[str, str], send: Any) -> None:
     if scope["path"] == "/abort":
         ABORT_REQUESTS[query["id"]].set()
+    elif scope["path"] == "/release":
+        RELEASE_REQUESTS[query["id"]].set()
+    for connection_id, protocol in INBOUND_PROTOCOLS.items():
+        STATS[connection_id].update(_input_queue(protocol))
     body = json.dumps(STATS).encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
@@ -69,6 +80,25 @@ async def _close(query: dict[str, str], receive: Any, send: Any) -> None:
     await send(message)
     while (await receive())["type"] != "websocket.disconnect":
         pass
+
+
+async def _inbound(scope: dict[str, Any], query: dict[str, str], receive: Any, send: Any) -> None:
+    flow = flow_control.get_flow_control(scope)
+    connection_id = query["id"]
+    stats = STATS[connection_id] = {"received_bytes": 0}
+    if flow is not None:  # unpatched, the queue cannot be seen
+        INBOUND_PROTOCOLS[connection_id] = flow._protocol
+    if "hold" in query:
+        await RELEASE_REQUESTS[connection_id].wait()
+    if query.get("hold") == "close":  # and take nothing until the connection is gone: only the close can resume
+        await send({"type": "websocket.close", "code": 1000})
+        assert flow is not None
+        await flow._protocol.is_closed.asFuture(asyncio.get_running_loop())
+    while (message := await receive())["type"] == "websocket.receive":
+        size = len(message["bytes"] if message.get("bytes") is not None else message["text"].encode())
+        stats["received_bytes"] += size
+        await send({"type": "websocket.send", "text": str(size)})
+    stats["disconnect_code"] = message["code"]
 
 
 def frame_payload(size: int) -> bytes:
@@ -167,6 +197,18 @@ def _buffered_bytes(flow: flow_control.FlowControl) -> int:
     """Bytes queued in the socket transport's user-space buffer (not the kernel's)."""
     transport = flow._socket_transport()
     return len(transport.dataBuffer) - transport.offset + getattr(transport, "_tempDataLen", 0)
+
+
+def _input_queue(protocol: Any) -> dict[str, Any]:
+    """What the application's input queue holds now (daphne's own queue, counted item by item), and whether the
+    inbound budget has stopped reading the client."""
+    items = list(protocol.application_queue._queue)
+    received = [item for item in items if item["type"] == "websocket.receive"]
+    return {
+        "queue_bytes": sum(len(item.get("bytes") or item.get("text", "").encode()) for item in received),
+        "queue_messages": len(received),
+        "paused": getattr(inbound.InboundBudget.of(protocol), "paused", None),
+    }
 
 
 def _high_water_mark(flow: flow_control.FlowControl) -> int:

@@ -7,6 +7,7 @@ internal the way a new release could, with ``monkeypatch``, which puts it back a
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import os
 import socket
@@ -36,6 +37,10 @@ PATCHED = (
     (Server, "create_application"),
     (Server, "kill_all_applications"),
     (AccessLogGenerator, "write_entry"),
+    (WebSocketProtocol, "onMessage"),
+    (WebSocketProtocol, "sendCloseFrame"),
+    (WebSocketProtocol, "_max_message_size_exceeded"),
+    (WebSocketProtocol, "_sendAutoPing"),
 )
 
 
@@ -51,6 +56,14 @@ def create_application_with_one_more_parameter(self: Any, protocol: Any, scope: 
 
 def access_log_that_no_longer_writes_entries(self: Any, protocol: Any, action: Any, details: Any) -> None:
     """A daphne that writes its access log without ``write_entry``."""
+
+
+async def queue_get_without_get_nowait(self: Any) -> Any:
+    """An asyncio whose ``Queue.get`` takes items some other way."""
+
+
+def frame_begin_without_a_size_check(self: Any, length: int) -> None:
+    """An autobahn that checks message sizes somewhere else."""
 
 
 def connection_made_without_a_send_queue(self: Any) -> None:
@@ -79,9 +92,8 @@ BREAKAGES: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], str]] = {
         "daphne.access.AccessLogGenerator.__call__: no longer uses 'write_entry'",
     ),
     "autobahn renamed a keyword of sendCloseFrame": (
-        lambda patch: patch.setattr(
-            autobahn.websocket.protocol.WebSocketProtocol, "sendCloseFrame", send_close_frame_with_a_renamed_keyword
-        ),
+        # On daphne's class, which the shim's own sendCloseFrame (wrapping autobahn's) already shadows here:
+        lambda patch: patch.setattr(WebSocketProtocol, "sendCloseFrame", send_close_frame_with_a_renamed_keyword),
         "daphne.ws_protocol.WebSocketProtocol.sendCloseFrame: takes (self, code, reason, isReply)",
     ),
     "autobahn no longer assigns send_queue": (
@@ -89,6 +101,16 @@ BREAKAGES: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], str]] = {
             autobahn.websocket.protocol.WebSocketProtocol, "_connectionMade", connection_made_without_a_send_queue
         ),
         "daphne.ws_protocol.WebSocketProtocol.send_queue: missing",
+    ),
+    "asyncio's Queue.get no longer takes items through get_nowait": (
+        lambda patch: patch.setattr(asyncio.Queue, "get", queue_get_without_get_nowait),
+        "asyncio.queues.Queue.get: no longer uses 'get_nowait'",
+    ),
+    "autobahn checks message sizes elsewhere": (
+        lambda patch: patch.setattr(
+            autobahn.websocket.protocol.WebSocketProtocol, "onMessageFrameBegin", frame_begin_without_a_size_check
+        ),
+        "daphne.ws_protocol.WebSocketProtocol.onMessageFrameBegin: no longer uses '_max_message_size_exceeded'",
     ),
     "autobahn lost pformat": (
         lambda patch: patch.delattr(autobahn.websocket.protocol, "pformat"),

@@ -52,14 +52,14 @@ TCP_CLOSE = 7
 class Daphne:
     """One daphne subprocess serving shim_app on a free loopback port, its output captured to files."""
 
-    def __init__(self, log_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, log_dir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.stderr_path = log_dir / f"daphne-{self.port}.stderr"
         with open(self.stderr_path, "wb") as stderr:
             self.process = subprocess.Popen(
-                [str(DAPHNE), "-b", "127.0.0.1", "-p", str(self.port), APP],
+                [str(DAPHNE), "-b", "127.0.0.1", "-p", str(self.port), *args, APP],
                 cwd=REPO_ROOT,
                 env={**os.environ, **(env or {})},
                 stdout=subprocess.DEVNULL,
@@ -316,3 +316,150 @@ def test_ignoring_flow_control_buffers_everything_and_abort_drops_the_client(fre
         assert stats["disconnect_code"] == 1006
         assert stats["disconnected_at"] - stats["closed_at"] < APP_ABORT_SECONDS
         wait_for(lambda: tcp_state(client) == TCP_CLOSE, 1, "the client's socket to be reset")
+
+
+# --- the inbound side: streaming.daphne.inbound -----------------------------------------------------------------------
+
+INBOUND_BUDGET = 1024 * 1024
+"""``STREAM_CLIENT_INBOUND_BYTES``'s default, which shim_app (no gateway settings) runs with."""
+FLOOD_FRAME_BYTES = 60 * 1024
+FLOOD_FRAMES = 512
+"""30 MiB: far more than the budget and the two sockets' kernel buffers can hold."""
+READ_CHUNK_BYTES = 64 * 1024
+"""What Twisted reads from a socket at a time: autobahn still handles the chunk it is in when the budget pauses."""
+FLOOD_GROWTH_KB = FLOOD_FRAME_BYTES * FLOOD_FRAMES // 2 // 1024
+"""Half the flood: what an unbounded queue makes daphne's RSS grow by, at least."""
+BLOCKED_SECONDS = 1.0
+KEEP_ALIVE_WAIT_SECONDS = 4.0
+"""Twice what a ping every second with a second to answer takes to drop a client (daphne checks once a second)."""
+"""A send that makes no progress for this long is blocked by back-pressure."""
+
+
+def client_frame(payload: bytes) -> bytes:
+    """A masked (all-zero key, so the payload goes as is) unfragmented text frame from a client."""
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x81, 0x80 | length))
+    elif length < 65536:
+        header = struct.pack("!BBH", 0x81, 0x80 | 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x81, 0x80 | 127, length)
+    return header + b"\0\0\0\0" + payload
+
+
+def send_until_blocked(sock: socket.socket, data: memoryview) -> int:
+    """Send *data* until done or until the socket takes nothing for ``BLOCKED_SECONDS``; the bytes sent."""
+    sock.settimeout(BLOCKED_SECONDS)
+    sent = 0
+    while sent < len(data):
+        try:
+            sent += sock.send(data[sent:])
+        except TimeoutError:
+            break
+    return sent
+
+
+def flood_held_consumer(
+    daphne: Daphne, connection_id: str, hold: str = "1"
+) -> tuple[socket.socket, memoryview, int]:
+    """Open a client whose app holds its messages, send it ``FLOOD_FRAMES`` frames until its sends block."""
+    sock = open_non_reading_client(daphne, f"/inbound?id={connection_id}&hold={hold}")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CLIENT_RECEIVE_BUFFER)
+    stream = memoryview(client_frame(b"x" * FLOOD_FRAME_BYTES) * FLOOD_FRAMES)
+    return sock, stream, send_until_blocked(sock, stream)
+
+
+def test_a_client_flooding_a_held_consumer_is_paused_within_its_inbound_budget(daphne: Daphne) -> None:
+    baseline_kb = daphne.rss_kb()
+    sock, stream, sent = flood_held_consumer(daphne, "attacker")
+    with sock:
+        assert daphne.rss_kb() - baseline_kb < FLOOD_GROWTH_KB
+        assert sent < len(stream)  # back-pressure reached the client
+        held = daphne.stats()["attacker"]
+        assert held["paused"] is True
+        assert INBOUND_BUDGET < held["queue_bytes"] <= INBOUND_BUDGET + READ_CHUNK_BYTES + FLOOD_FRAME_BYTES
+
+        with connect(daphne.ws_url("/inbound?id=victim"), open_timeout=5, close_timeout=5) as victim:
+            victim.send("hello")
+            assert victim.recv(timeout=5) == "5"
+
+        daphne.get("/release?id=attacker")
+        sock.settimeout(FLOOD_TIMEOUT_SECONDS)
+        sock.sendall(stream[sent:])
+        payload_bytes = FLOOD_FRAME_BYTES * FLOOD_FRAMES
+        wait_for(lambda: daphne.stats()["attacker"]["received_bytes"] == payload_bytes, FLOOD_TIMEOUT_SECONDS,
+                 "the released consumer to take every message")
+        assert daphne.stats()["attacker"]["paused"] is False
+    assert "Traceback" not in daphne.stderr()
+
+
+def test_a_close_sent_while_reading_is_paused_completes_its_handshake(daphne: Daphne) -> None:
+    """The server reads again once its close frame is out: the client's reply arrives, no reset 2 s later."""
+    sock, stream, sent = flood_held_consumer(daphne, "closing", hold="close")
+    with sock:
+        assert sent < len(stream) and daphne.stats()["closing"]["paused"] is True
+        daphne.get("/release?id=closing")
+        sock.settimeout(5)
+        header = b""
+        while len(header) < 4:
+            header += sock.recv(4 - len(header))
+        assert header == b"\x88\x02" + struct.pack("!H", 1000)
+        frame_bytes = len(stream) // FLOOD_FRAMES
+        sock.sendall(stream[sent:sent + (-sent) % frame_bytes])  # the rest of the frame the block cut
+        sock.sendall(bytes((0x88, 0x82)) + b"\0\0\0\0" + struct.pack("!H", 1000))
+        stats = flood_stats(daphne, "closing", "disconnect_code")
+    assert stats["disconnect_code"] == 1000  # the reply was read; unread, the close handshake timeout makes it 1006
+
+
+def test_keep_alive_does_not_drop_a_client_while_its_reading_is_paused(tmp_path: Path) -> None:
+    """daphne pings every ``--ping-interval`` and drops a client whose pong is late; a paused client's pong waits
+    unread, so it is not pinged meanwhile. Pinged every second with a second to answer, it outlives KEEP_ALIVE_WAIT."""
+    server = Daphne(tmp_path, args=("--ping-interval", "1", "--ping-timeout", "1"))
+    try:
+        sock, stream, sent = flood_held_consumer(server, "keep-alive")
+        with sock:
+            time.sleep(KEEP_ALIVE_WAIT_SECONDS)  # nothing to wait for: what must not happen is a drop meanwhile
+            assert server.stats()["keep-alive"]["paused"] is True
+            server.get("/release?id=keep-alive")
+            sock.settimeout(FLOOD_TIMEOUT_SECONDS)
+            sock.sendall(stream[sent:])
+            wait_for(
+                lambda: server.stats()["keep-alive"]["received_bytes"] == FLOOD_FRAME_BYTES * FLOOD_FRAMES,
+                FLOOD_TIMEOUT_SECONDS, "the released consumer to take every message",
+            )
+            assert "disconnect_code" not in server.stats()["keep-alive"]
+    finally:
+        server.stop()
+
+
+def test_without_the_shim_a_held_consumer_makes_daphne_hold_the_whole_flood(tmp_path: Path) -> None:
+    """The control: daphne alone reads everything into the application's queue, and its memory grows by it."""
+    server = Daphne(tmp_path, {"SHIM_APP_INSTALL": "0"})
+    try:
+        baseline_kb = server.rss_kb()
+        sock, stream, sent = flood_held_consumer(server, "unbounded")
+        with sock:
+            assert sent == len(stream)
+            wait_for(lambda: server.rss_kb() - baseline_kb > FLOOD_GROWTH_KB, FLOOD_TIMEOUT_SECONDS,
+                     "daphne's memory to grow by the flood")
+    finally:
+        server.stop()
+
+
+def test_a_message_over_the_limit_gets_an_error_status_and_close_1009(daphne: Daphne) -> None:
+    with connect(daphne.ws_url("/inbound?id=big"), open_timeout=5, close_timeout=5, max_size=None) as ws:
+        ws.send("x" * (2 << 20))
+        status = json.loads(ws.recv(timeout=5))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+    message = f"message too large: {2 << 20} bytes, the limit is {1 << 20}, closing"
+    assert status == [{"ev": "status", "status": "error", "message": message}]
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == CloseCode.MESSAGE_TOO_BIG
+    assert closed.value.rcvd.reason == "message too big"
+
+
+def test_a_message_just_under_the_limit_is_delivered(daphne: Daphne) -> None:
+    size = (1 << 20) - 16
+    with connect(daphne.ws_url("/inbound?id=just-under"), open_timeout=5, close_timeout=5) as ws:
+        ws.send("x" * size)
+        assert ws.recv(timeout=5) == str(size)
