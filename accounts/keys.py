@@ -25,7 +25,7 @@ import logging
 import re
 import secrets
 import string
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -304,17 +304,8 @@ _seedings: set[asyncio.Task] = set()
 def _seed_behind(redis: redis.asyncio.Redis) -> None:
     """Seed the issued prefixes in the background, unless this process already is: every cold handshake meanwhile
     would otherwise start one, and all but one would only find the lock taken."""
-    if _seedings:
-        return
-    task = asyncio.ensure_future(seed_issued_prefixes(redis))
-    _seedings.add(task)
-    task.add_done_callback(_seeding_done)
-
-
-def _seeding_done(task: asyncio.Task) -> None:
-    _seedings.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        logger.warning("issued key prefixes not seeded: %s", type(task.exception()).__name__)
+    if not _seedings:
+        _in_background(seed_issued_prefixes(redis), _seedings, "issued key prefixes not seeded")
 
 
 async def seed_issued_prefixes(redis: redis.asyncio.Redis) -> bool:
@@ -351,17 +342,22 @@ def _cache_codec() -> DefaultClient:
 
 
 def _write_behind(redis: redis.asyncio.Redis, key: str, record: dict) -> None:
-    task = asyncio.ensure_future(
-        redis.set(key, _cache_codec().encode(record), ex=_cache_timeout(record), nx=True)  # never over a tombstone
-    )
-    _cache_writes.add(task)
-    task.add_done_callback(_cache_written)
+    write = redis.set(key, _cache_codec().encode(record), ex=_cache_timeout(record), nx=True)  # never over a tombstone
+    _in_background(write, _cache_writes, "key record not cached")
 
 
-def _cache_written(task: asyncio.Task) -> None:
-    _cache_writes.discard(task)
+def _in_background(work: Awaitable, tasks: set[asyncio.Task], failure: str) -> None:
+    """Run *work* without waiting for it, held in *tasks* until it ends (so it is not collected mid-way, and tests
+    can await it); a failure is logged as *failure* with the exception's type only."""
+    task = asyncio.ensure_future(work)
+    tasks.add(task)
+    task.add_done_callback(functools.partial(_background_done, tasks, failure))
+
+
+def _background_done(tasks: set[asyncio.Task], failure: str, task: asyncio.Task) -> None:
+    tasks.discard(task)
     if not task.cancelled() and task.exception() is not None:
-        logger.warning("key record not cached: %s", type(task.exception()).__name__)
+        logger.warning("%s: %s", failure, type(task.exception()).__name__)
 
 
 def _decide(prefix: str, secret: str, record: dict, now: datetime | None) -> Entitlement | Denial:

@@ -114,7 +114,6 @@ class InboundBudget:
             if self._protocol.transport is not None and self._protocol.transport.connected:
                 self._protocol.transport.resumeProducing()
 
-
     def _forget_keep_alive_ping(self) -> None:
         """Stop the timeout of a keep-alive ping already sent: its pong cannot be read until reading resumes (it is
         then an unsolicited pong, which autobahn ignores)."""

@@ -25,7 +25,7 @@ def drop_upgrades_from(should_drop: Callable[[str], bool] | None) -> None:
     _should_drop = should_drop
 
 
-def client_address(request: Any) -> str:
+def reported_client_address(request: Any) -> str:
     """The client address daphne puts in the request's scope: the peer's, or the forwarded one behind a proxy."""
     from daphne.http_protocol import parse_x_forwarded_for
 
@@ -43,7 +43,7 @@ def patched_process(original: Callable[..., Any]) -> Callable[..., Any]:
     def process(self: Any) -> Any:
         """Abort an upgrade request from an address the application drops; everything else as daphne does it."""
         should_drop = _should_drop
-        if should_drop is not None and _is_upgrade(self) and should_drop(client_address(self)):
+        if should_drop is not None and _is_upgrade(self) and should_drop(reported_client_address(self)):
             metrics.socket_dropped("address_refused_repeatedly")
             self.channel.transport.abortConnection()
             return None

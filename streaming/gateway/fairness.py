@@ -52,16 +52,34 @@ class AddressLimits:
 
 
 @dataclass(slots=True)
+class MinuteCount:
+    """Events of one kind from an address within the current minute; reaching a limit holds the address until the
+    minute is over."""
+
+    count: int = 0
+    started_at: float = 0.0
+    held_until: float = 0.0
+
+    def add(self, now: float, limit: int) -> bool:
+        """Count one event; True for the one that reaches *limit* (the address is held from then on)."""
+        if now - self.started_at >= FAILURE_WINDOW_SECONDS:
+            self.started_at, self.count = now, 0
+        self.count += 1
+        if self.count >= limit:
+            self.held_until = self.started_at + FAILURE_WINDOW_SECONDS
+        return self.count == limit
+
+    def holds(self, now: float) -> bool:
+        return self.held_until > now
+
+
+@dataclass(slots=True)
 class AddressState:
     handshakes: TokenBucket
     seen_at: float
-    failures: int = 0
-    window_started_at: float = 0.0
-    blocked_until: float = 0.0
+    failures: MinuteCount = field(default_factory=MinuteCount)  # past the limit: keys not looked up
+    refusals: MinuteCount = field(default_factory=MinuteCount)  # past the limit: upgrades dropped
     pending: int = 0
-    refusals: int = 0
-    refusals_window_started_at: float = 0.0
-    dropped_until: float = 0.0
 
 
 @dataclass(eq=False, slots=True)
@@ -117,7 +135,7 @@ class AddressBudgets:
         """A new socket from *address*: its pending slot, or why the address is refused (nothing is counted then)."""
         now = self._clock()
         state = self._state(address, now)
-        if state.blocked_until > now:
+        if state.failures.holds(now):
             refusal = BLOCKED_MESSAGE
         elif state.pending >= self.limits.pending_sockets:
             refusal = (
@@ -138,33 +156,25 @@ class AddressBudgets:
     def drops(self, address: str) -> bool:
         """Whether upgrade requests from *address* are dropped unanswered: it kept connecting after enough 1013s."""
         state = self._states.get(budget_key(address))
-        return state is not None and state.dropped_until > self._clock()
+        return state is not None and state.refusals.holds(self._clock())
 
     def _refused(self, address: str, state: AddressState, now: float) -> None:
-        if now - state.refusals_window_started_at >= FAILURE_WINDOW_SECONDS:
-            state.refusals_window_started_at, state.refusals = now, 0
-        state.refusals += 1
-        if state.refusals == self.limits.refusals_before_drop:  # once per address and minute
-            state.dropped_until = state.refusals_window_started_at + FAILURE_WINDOW_SECONDS
+        if state.refusals.add(now, self.limits.refusals_before_drop):  # once per address and minute
             logger.warning(
                 "address %s refused %d times within a minute: its upgrade requests are dropped for %.0f s",
-                budget_key(address), state.refusals, state.dropped_until - now,
+                budget_key(address), state.refusals.count, state.refusals.held_until - now,
             )
 
     def is_blocked(self, address: str) -> bool:
         """Whether keys from *address* are refused without being looked up (see ``resolution_failed``)."""
         state = self._states.get(budget_key(address))
-        return state is not None and state.blocked_until > self._clock()
+        return state is not None and state.failures.holds(self._clock())
 
     def resolution_failed(self, address: str) -> None:
         """A key from *address* was malformed, unknown, revoked or expired; past the budget, block the address."""
         now = self._clock()
         state = self._state(address, now)
-        if now - state.window_started_at >= FAILURE_WINDOW_SECONDS:
-            state.window_started_at, state.failures = now, 0
-        state.failures += 1
-        if state.failures >= self.limits.failures_per_minute:
-            state.blocked_until = state.window_started_at + FAILURE_WINDOW_SECONDS
+        state.failures.add(now, self.limits.failures_per_minute)
 
     def tracked_addresses(self) -> int:
         return len(self._states)
@@ -185,6 +195,6 @@ class AddressBudgets:
         self._until_prune = PRUNE_EVERY
         self._states = {
             key: state for key, state in self._states.items()
-            if state.pending or max(state.blocked_until, state.dropped_until) > now
+            if state.pending or state.failures.holds(now) or state.refusals.holds(now)
             or now - state.seen_at < FORGET_AFTER_SECONDS
         }
