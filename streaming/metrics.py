@@ -56,6 +56,13 @@ LOCK_REFRESH_FAILURES = Counter(
     "Connection locks that could not be kept: lost (closed 4409) or Redis unreachable (closed 1011).",
     ["reason"],
 )
+LOCK_REFRESH_ROUND_TRIPS = Counter(
+    "cutemarkets_stream_lock_refresh_round_trips",
+    "Pipelined round trips of this process's lock keeper, each refreshing up to 1,000 connection locks.",
+)
+LOCKS_REFRESHED = Counter(
+    "cutemarkets_stream_locks_refreshed", "Connection locks refreshed by this process's lock keeper."
+)
 SOCKETS_DROPPED = Counter(
     "cutemarkets_sockets_dropped",
     "Connections the server dropped for what the client did, by reason (its budget, not the market's).",
@@ -141,6 +148,12 @@ def slow_consumer(market: str) -> None:
 def lock_refresh_failure(reason: str) -> None:
     """A connection lock could not be kept; *reason* is ``LossReason.value`` ("lost" or "unreachable")."""
     LOCK_REFRESH_FAILURES.labels(reason).inc()
+
+
+def lock_refresh_round_trip(locks: int) -> None:
+    """The lock keeper refreshed *locks* connection locks in one round trip."""
+    LOCK_REFRESH_ROUND_TRIPS.inc()
+    LOCKS_REFRESHED.inc(locks)
 
 
 def inbound_paused() -> None:

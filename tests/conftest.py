@@ -44,15 +44,17 @@ async def settle_prefix_seeding():
 
 
 @pytest.fixture(autouse=True)
-async def stop_control_listener():
-    """The process-wide ControlListener lives as long as its event loop, and channels-redis allows one receiving
-    loop per layer object; each test has a loop of its own, so each gets a fresh listener and layer."""
+async def stop_loop_services():
+    """The process-wide ControlListener and LockKeeper live as long as their event loop, and channels-redis allows
+    one receiving loop per layer object; each test has a loop of its own, so each gets fresh ones."""
     yield
     from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 
     from streaming.gateway.rechecks import ControlListener
+    from streaming.runtime.lock_keeper import LockKeeper
 
     await ControlListener.stop_for_loop()
+    await LockKeeper.stop_for_loop()
     layer = channel_layers.backends.pop(DEFAULT_CHANNEL_LAYER, None)
     if layer is not None and hasattr(layer, "close_pools"):
         await layer.close_pools()

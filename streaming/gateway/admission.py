@@ -32,8 +32,9 @@ from streaming.gateway.fairness import BLOCKED_MESSAGE, AddressBudgets, PendingS
 from streaming.gateway.key_usage import KeyUsage
 from streaming.gateway.rechecks import ControlListener, Recheckable
 from streaming.gateway.rules import Rejection, Rule, decide, reject
-from streaming.runtime.lease import LossReason, hold
+from streaming.runtime.lease import LossReason
 from streaming.runtime.lock import ConnectionLock, local_locks
+from streaming.runtime.lock_keeper import LockKeeper
 from streaming.runtime.redis_client import redis_client
 from streaming.runtime.tasks import BackgroundTasks
 
@@ -173,6 +174,7 @@ class Admission:
             self._pending_socket.release()
         if self.lock is not None:
             lock, self.lock = self.lock, None
+            LockKeeper.for_loop().forget(lock)
             try:
                 await lock.release()
             except LeaseUnavailable:
@@ -210,10 +212,13 @@ class Admission:
             return None
         if not acquired:
             return reject(Rule.ALREADY_CONNECTED)
-        self._tasks.spawn(hold(lock, self._on_lock_lost))
+        LockKeeper.for_loop().keep(lock, self._on_lock_lost)
         return None
 
-    async def _on_lock_lost(self, reason: LossReason) -> None:
+    def _on_lock_lost(self, reason: LossReason) -> None:
+        self._tasks.spawn(self._close_for_lost_lock(reason))
+
+    async def _close_for_lost_lock(self, reason: LossReason) -> None:
         metrics.lock_refresh_failure(reason.value)
         if reason is LossReason.LOST:
             await self._candidate.close_with(reject(Rule.ALREADY_CONNECTED))

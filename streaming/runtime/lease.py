@@ -12,7 +12,7 @@ import asyncio
 import enum
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import ClassVar, Protocol, TypeVar
 
 import redis.asyncio
@@ -126,6 +126,35 @@ class Lease:
         if owned:
             self._confirmed_at = sent_at
         return bool(owned)
+
+    @classmethod
+    async def refresh_together(
+        cls, client: redis.asyncio.Redis, leases: Sequence[Lease], script_loaded: bool = False
+    ) -> list[bool]:
+        """Refresh every lease in *leases* in one pipelined round trip (no transaction: each is checked on its own);
+        True for each still held. Raises `LeaseUnavailable` when the round trip fails.
+
+        The script is called by its SHA, not through redis-py's pipeline script support, which would add a
+        ``SCRIPT EXISTS`` round trip to every call; the rare ``NOSCRIPT`` (Redis restarted) loads it and retries.
+        """
+        assert Lease.lua_refresh is not None
+        sha = Lease.lua_refresh.sha
+        sent_at = time.monotonic()
+        try:
+            pipeline = client.pipeline(transaction=False)
+            for lease in leases:
+                pipeline.evalsha(sha, 1, lease._key, lease._token, lease._ttl_ms)
+            replies = await pipeline.execute(raise_on_error=False)
+            if not script_loaded and any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
+                await client.script_load(cls.LUA_REFRESH_SCRIPT)
+                return await cls.refresh_together(client, leases, script_loaded=True)
+        except redis.exceptions.RedisError as error:
+            raise LeaseUnavailable(f"cannot refresh {len(leases)} leases") from error
+        owned = [reply == 1 for reply in replies]
+        for lease, still_held in zip(leases, owned, strict=True):
+            if still_held:
+                lease._confirmed_at = sent_at
+        return owned
 
     async def release(self) -> bool:
         """Delete the key if it still holds our token; True if it did. Safe to repeat. Raises `LeaseUnavailable`."""

@@ -1,0 +1,199 @@
+"""The process's lock keeper against real redis-servers: many locks kept in few round trips, each lost on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio
+from django.conf import settings
+from prometheus_client import REGISTRY
+
+from devstack.redis_server import RedisServer
+from streaming.runtime.lease import SAFETY_MARGIN_FRACTION, LossReason
+from streaming.runtime.lock import ConnectionLock
+from streaming.runtime.lock_keeper import LOCKS_PER_ROUND_TRIP, LockKeeper
+
+TTL = 0.9
+LOCKS = 2500  # three round trips per refresh
+WAIT_LIMIT_SECONDS = 10.0
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[redis.asyncio.Redis]:
+    connection = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+    yield connection
+    await connection.aclose()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+async def private_client(private_redis: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
+    connection = redis.asyncio.Redis.from_url(private_redis.url, socket_timeout=10)
+    yield connection
+    await connection.aclose()
+
+
+class Losses:
+    """``on_lost`` callbacks for many locks: which lock was lost, why, and when."""
+
+    def __init__(self) -> None:
+        self.reasons: dict[int, LossReason] = {}
+        self.reported_at: dict[int, float] = {}
+        self.changed = asyncio.Event()
+
+    def callback(self, user_id: int):
+        def on_lost(reason: LossReason) -> None:
+            assert user_id not in self.reasons, "reported twice"
+            self.reasons[user_id] = reason
+            self.reported_at[user_id] = time.monotonic()
+            self.changed.set()
+        return on_lost
+
+    async def wait_for(self, count: int) -> None:
+        async with asyncio.timeout(WAIT_LIMIT_SECONDS):
+            while len(self.reasons) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def acquired_locks(client: redis.asyncio.Redis, count: int, first_user: int = 1000) -> list[ConnectionLock]:
+    locks = [ConnectionLock(client, first_user + number, ttl=TTL) for number in range(count)]
+    pipeline = client.pipeline(transaction=False)
+    for lock in locks:
+        pipeline.delete(lock.key)
+    await pipeline.execute()
+    for start in range(0, count, 100):  # a client connection per concurrent command: keep them few
+        assert all(await asyncio.gather(*(lock.acquire() for lock in locks[start:start + 100])))
+    return locks
+
+
+async def pipelines_executed(client: redis.asyncio.Redis) -> int:
+    """EVALSHA calls the server has run since its stats were reset."""
+    stats = await client.info("commandstats")
+    return stats.get("cmdstat_evalsha", {}).get("calls", 0)
+
+
+def round_trips() -> float:
+    return REGISTRY.get_sample_value("cutemarkets_stream_lock_refresh_round_trips_total") or 0.0
+
+
+async def evalsha_calls(client: redis.asyncio.Redis) -> int:
+    stats = await client.info("commandstats")
+    return stats.get("cmdstat_evalsha", {}).get("calls", 0)
+
+
+@pytest.fixture
+async def keeper(client) -> AsyncIterator[LockKeeper]:
+    keeper = LockKeeper(client)
+    yield keeper
+    await keeper.stop()
+
+
+async def test_every_lock_is_kept_past_its_ttl_with_one_batch_of_round_trips_per_interval(client, keeper):
+    locks = await acquired_locks(client, LOCKS)
+    losses = Losses()
+    for lock in locks:
+        keeper.keep(lock, losses.callback(lock.user_id))
+    await client.config_resetstat()
+    round_trips_before = round_trips()
+
+    started = time.monotonic()
+    await asyncio.sleep(3 * TTL)  # what is under test is the passage of time: three TTLs
+    elapsed = time.monotonic() - started
+
+    assert losses.reasons == {}
+    assert await client.mget([lock.key for lock in locks]) == [lock.token.encode() for lock in locks]
+    refreshes = await evalsha_calls(client) / LOCKS  # fractional if the window ended inside a refresh
+    intervals = elapsed / locks[0].refresh_interval
+    assert intervals - 1 <= refreshes <= intervals + 1  # each lock once per interval
+    round_trips_per_refresh = -(-LOCKS // LOCKS_PER_ROUND_TRIP)
+    assert round_trips() - round_trips_before <= (refreshes + 1) * round_trips_per_refresh  # not one per lock
+
+
+async def test_a_lock_taken_over_is_reported_lost_alone_and_no_longer_refreshed(client, keeper):
+    locks = await acquired_locks(client, 20)
+    losses = Losses()
+    for lock in locks:
+        keeper.keep(lock, losses.callback(lock.user_id))
+    stolen = locks[7]
+    await client.set(stolen.key, "someone-else", px=10_000)
+
+    await losses.wait_for(1)
+
+    assert losses.reasons == {stolen.user_id: LossReason.LOST}
+    assert len(keeper) == 19
+    assert await client.get(stolen.key) == b"someone-else"
+    await asyncio.sleep(TTL)  # another refresh or two of the others
+    assert losses.reasons == {stolen.user_id: LossReason.LOST}
+
+
+async def test_a_forgotten_lock_expires_by_its_ttl_while_the_others_are_kept(client, keeper):
+    kept, forgotten = await acquired_locks(client, 2)
+    losses = Losses()
+    keeper.keep(kept, losses.callback(kept.user_id))
+    keeper.keep(forgotten, losses.callback(forgotten.user_id))
+    keeper.forget(forgotten)
+
+    async with asyncio.timeout(WAIT_LIMIT_SECONDS):
+        while await client.exists(forgotten.key):
+            await asyncio.sleep(TTL / 10)
+
+    assert await client.get(kept.key) == kept.token.encode()
+    assert losses.reasons == {}
+
+
+async def test_the_locks_of_a_keeper_that_stopped_expire_on_their_own(client, keeper):
+    """A process that dies takes its keeper with it: its locks must not outlive their TTL."""
+    locks = await acquired_locks(client, 50)
+    for lock in locks:
+        keeper.keep(lock, Losses().callback(lock.user_id))
+    await keeper.stop()
+    stopped_at = time.monotonic()
+
+    async with asyncio.timeout(WAIT_LIMIT_SECONDS):
+        while await client.exists(*(lock.key for lock in locks)):
+            await asyncio.sleep(TTL / 10)
+    assert time.monotonic() - stopped_at <= TTL + 1.0
+
+
+@pytest.mark.parametrize("failure", ["killed", "hung"])
+async def test_every_lock_is_reported_unreachable_before_its_ttl_runs_out_when_redis_fails(
+    private_redis: RedisServer, private_client: redis.asyncio.Redis, failure: str
+) -> None:
+    keeper = LockKeeper(private_client)
+    locks = await acquired_locks(private_client, 30)
+    losses = Losses()
+    for lock in locks:
+        keeper.keep(lock, losses.callback(lock.user_id))
+    assert private_redis.process is not None
+    if failure == "killed":
+        private_redis.kill()
+    else:
+        private_redis.process.send_signal(signal.SIGSTOP)  # commands now wait far longer than the TTL
+    try:
+        await losses.wait_for(len(locks))
+    finally:
+        if failure == "hung":
+            private_redis.process.send_signal(signal.SIGCONT)
+        await keeper.stop()
+
+    assert set(losses.reasons.values()) == {LossReason.UNREACHABLE}
+    for lock in locks:
+        assert lock.confirmed_at is not None
+        reported_at = losses.reported_at[lock.user_id]
+        assert lock.confirmed_at + TTL * (1 - SAFETY_MARGIN_FRACTION) <= reported_at < lock.confirmed_at + TTL
+
+
+async def test_keep_needs_an_acquired_lock(client, keeper):
+    with pytest.raises(RuntimeError):
+        keeper.keep(ConnectionLock(client, 1, ttl=TTL), Losses().callback(1))
