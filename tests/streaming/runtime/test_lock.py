@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio
@@ -28,27 +27,6 @@ WAIT_LIMIT_SECONDS = 5.0
 CONCURRENT_CONNECTIONS = 200
 CANCEL_ATTEMPTS = 150
 CANCEL_TTL = 0.03
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[redis.asyncio.Redis]:
-    connection = redis.asyncio.Redis.from_url(settings.REDIS_URL)
-    yield connection
-    await connection.aclose()
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-async def private_client(private_redis: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
-    connection = redis.asyncio.Redis.from_url(private_redis.url, socket_timeout=10)
-    yield connection
-    await connection.aclose()
 
 
 class LossRecorder:

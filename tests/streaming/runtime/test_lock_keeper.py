@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio
-from django.conf import settings
 from prometheus_client import REGISTRY
 
 from devstack.redis_server import RedisServer
@@ -20,27 +19,6 @@ from streaming.runtime.lock_keeper import LOCKS_PER_ROUND_TRIP, LockKeeper
 TTL = 0.9
 LOCKS = 2500  # three round trips per refresh
 WAIT_LIMIT_SECONDS = 10.0
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[redis.asyncio.Redis]:
-    connection = redis.asyncio.Redis.from_url(settings.REDIS_URL)
-    yield connection
-    await connection.aclose()
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-async def private_client(private_redis: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
-    connection = redis.asyncio.Redis.from_url(private_redis.url, socket_timeout=10)
-    yield connection
-    await connection.aclose()
 
 
 class Losses:
