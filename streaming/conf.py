@@ -45,6 +45,7 @@ class StreamSettings:
     client_refusals_before_close: int
     client_item_rate: float
     client_item_burst: int
+    upstream_option_quote_contracts: int
     client_ping_rate: float
     client_ping_burst: int
     client_inbound_bytes: int
@@ -71,6 +72,11 @@ class StreamSettings:
         served = bool(upstream.url) if self.fanout == FANOUT_RELAY else upstream.configured
         return upstream if served else None
 
+    def upstream_item_limits(self, market: str) -> dict[str, int]:
+        """The most items of each event type one connection to the feed may hold in *market* (the feed refuses
+        more): option quotes are limited to a number of contracts per connection; nothing else is."""
+        return {"Q": self.upstream_option_quote_contracts} if market == "options" else {}
+
 
 @lru_cache(maxsize=1)
 def stream_settings() -> StreamSettings:
@@ -93,6 +99,7 @@ def stream_settings() -> StreamSettings:
         client_refusals_before_close=settings.STREAM_CLIENT_REFUSALS_BEFORE_CLOSE,
         client_item_rate=settings.STREAM_CLIENT_ITEM_RATE,
         client_item_burst=settings.STREAM_CLIENT_ITEM_BURST,
+        upstream_option_quote_contracts=settings.STREAM_UPSTREAM_OPTION_QUOTE_CONTRACTS,
         client_ping_rate=settings.STREAM_CLIENT_PING_RATE,
         client_ping_burst=settings.STREAM_CLIENT_PING_BURST,
         client_inbound_bytes=settings.STREAM_CLIENT_INBOUND_BYTES,

@@ -6,10 +6,12 @@
         * `UpstreamUnavailable`: refused, timed out, dropped, or not speaking the feed protocol
             * `RelayGap`: in relay mode, frames of the relay may have been missed
         * `UpstreamRejected`: the feed refused our authentication
+    * `SubscriptionRefused`: a subscribe the feed would refuse (its limit per connection), refused whole instead
     * `IncompatibleServer`: the installed daphne, autobahn or Twisted lacks an internal the daphne patches rely on
 
 The hub turns an `UpstreamError` into 1011 for its clients; the consumer turns `LeaseUnavailable` at admission into
-1011 (or a fail-open admission); `IncompatibleServer` stops the process at start-up.
+1011 (or a fail-open admission); a `SubscriptionRefused` is an error status to the client, its connection
+untouched; `IncompatibleServer` stops the process at start-up.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ class UpstreamRejected(UpstreamError):
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
+
+
+class SubscriptionRefused(StreamingError):
+    """Subscribing would take the shared feed connection over a limit of the feed; nothing was changed. The text is
+    the client's answer."""
 
 
 class IncompatibleServer(StreamingError):

@@ -73,6 +73,13 @@ INBOUND_PAUSES = Counter(
     "Times the server stopped reading from a client whose messages, queued for the application, passed "
     "STREAM_CLIENT_INBOUND_BYTES.",
 )
+REFUSALS = Counter(
+    "cutemarkets_stream_refusals",
+    "What the gateway refused, by reason: the admission rule that closed a connection before it streamed "
+    "(invalid_key, already_connected, address_over_budget, ...), or an admitted client's request over a budget "
+    "(plan_cap, item_rate, message_rate, feed_capacity).",
+    ["market", "reason"],
+)
 DROP_REASONS = ("handshake_timeout", "ping_flood", "message_too_big", "address_refused_repeatedly")
 
 
@@ -108,6 +115,11 @@ def admitted(market: str) -> None:
 def rejected(market: str, code: int) -> None:
     """A connection that was never admitted is being closed with *code*."""
     REJECTIONS.labels(market_label(market), code_label(code)).inc()
+
+
+def refused(market: str, reason: str) -> None:
+    """Something was refused for *reason*, one of a fixed set (admission rules and request budgets)."""
+    REFUSALS.labels(market_label(market), reason).inc()
 
 
 def connection_closed(market: str, code: int | None) -> None:

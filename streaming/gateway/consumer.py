@@ -227,6 +227,8 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         entitlement = self.admission.entitlement
         if entitlement is None:
             metrics.rejected(self.market, code)
+            if rule is not None:
+                metrics.refused(self.market, rule)
         logger.info(
             "stream closing code=%s status=%s rule=%s user=%s market=%s",
             code, status, rule or "-", getattr(entitlement, "user_id", None), self.market,

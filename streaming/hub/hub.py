@@ -4,16 +4,19 @@ The real feed allows one connection per account and cluster, so the hub opens th
 subscriber, keeps its subscriptions equal to the union of its clients' (reference-counted by the index), routes
 each frame's events to the clients that asked for them, and closes the upstream a while after the last client
 leaves. When the upstream cannot be opened or is lost, every client it serves is told and closed (1011); the
-next attempt waits out an exponential backoff, so a flapping upstream is not hammered.
+next attempt waits out an exponential backoff, so a flapping upstream is not hammered. What the feed limits per
+connection (option quote contracts) is counted over all the clients (`UpstreamCapacity`): a subscribe that would
+exceed it is refused before the feed hears of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable, Set as AbstractSet
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Set as AbstractSet
 from typing import Protocol
 
 import orjson
@@ -21,7 +24,8 @@ import orjson
 from streaming import metrics
 from streaming.codes import STATUS_EVENT, SUBSCRIBED_PREFIX, Status
 from streaming.conf import stream_settings
-from streaming.exceptions import UpstreamError, UpstreamUnavailable
+from streaming.exceptions import SubscriptionRefused, UpstreamError, UpstreamUnavailable
+from streaming.hub.capacity import UpstreamCapacity
 from streaming.hub.index import MAX_FRAME_BYTES, Subscription, SubscriptionIndex, encode_frames
 from streaming.hub.source import FeedConnection, open_upstream
 from streaming.runtime.backoff import Backoff
@@ -74,7 +78,8 @@ class UpstreamHub:
     _hubs: LoopLocal[dict[str, UpstreamHub]] = LoopLocal()
 
     def __init__(
-        self, market: str, url: str, api_key: str, idle_seconds: float, silence_seconds: float = 0.0
+        self, market: str, url: str, api_key: str, idle_seconds: float, silence_seconds: float = 0.0,
+        item_limits: Mapping[str, int] | None = None,
     ) -> None:
         self.market = market
         self.url = url
@@ -82,6 +87,7 @@ class UpstreamHub:
         self.idle_seconds = idle_seconds
         self.silence_seconds = silence_seconds
         self.index: SubscriptionIndex[Subscriber] = SubscriptionIndex()
+        self.capacity = UpstreamCapacity(item_limits or {})
         self.backoff = Backoff()
         self.connected = asyncio.Event()
         self._connection: FeedConnection | None = None
@@ -109,7 +115,7 @@ class UpstreamHub:
                 raise LookupError(f"no upstream configured for {market}")
             hub = hubs[market] = cls(
                 market, upstream.url, upstream.api_key, settings.upstream_idle_seconds,
-                settings.upstream_silence_seconds,
+                settings.upstream_silence_seconds, settings.upstream_item_limits(market),
             )
         return hub
 
@@ -124,8 +130,10 @@ class UpstreamHub:
         """Subscribe the upstream to *items* if needed, wait for its acknowledgement, then call *acknowledge* and add
         the items to the client's subscriptions in one step: the client's own acks precede every event they cover.
 
-        Raises UpstreamError when the upstream could not be opened or was lost meanwhile.
+        Raises SubscriptionRefused, before anything changes, when the items would take the feed connection over
+        its limits, and UpstreamError when the upstream could not be opened or was lost meanwhile.
         """
+        self._claim(self.capacity.limited(items))
         self._reserved.update(items)
         self._changed.update(items)
         try:
@@ -157,23 +165,53 @@ class UpstreamHub:
             acknowledge()
             self.index.add(client, items)
         finally:
-            reserved = self._reserved
-            for item in items:
-                reserved[item] -= 1
-                if not reserved[item]:
-                    del reserved[item]
-                    self._changed.add(item)
+            self._unreserve(items)
+
+    @contextlib.contextmanager
+    def claiming(self, items: list[Subscription]) -> Iterator[None]:
+        """Hold the feed connection's capacity for all of a request's *items* while they are subscribed in steps,
+        so that the request is refused whole (`SubscriptionRefused`, on entering) or not at all."""
+        limited = self.capacity.limited(items)
+        self._claim(limited)
+        self._reserved.update(limited)
+        try:
+            yield
+        finally:
+            self._unreserve(limited)
 
     async def unsubscribe(self, client: Subscriber, items: list[Subscription]) -> None:
-        self._changed.update(self.index.discard(client, items))
+        self._changed.update(self._unheld(self.index.discard(client, items)))
         await self._sync_upstream()
 
     def detach(self, client: Subscriber) -> None:
         """Forget a leaving client; the upstream drops what nobody else needs."""
-        unneeded = self.index.remove(client)
+        unneeded = self._unheld(self.index.remove(client))
         if unneeded:
             self._changed.update(unneeded)
             self._background.spawn(self._sync_upstream())
+
+    def _claim(self, limited: list[Subscription]) -> None:
+        refusal = self.capacity.claim(limited)
+        if refusal is not None:
+            raise SubscriptionRefused(refusal)
+
+    def _unreserve(self, items: Iterable[Subscription]) -> None:
+        reserved, needed = self._reserved, self.index.upstream_items()
+        for item in items:
+            reserved[item] -= 1
+            if not reserved[item]:
+                del reserved[item]
+                self._changed.add(item)
+                if item not in needed:
+                    self.capacity.release(item)
+
+    def _unheld(self, items: list[Subscription]) -> list[Subscription]:
+        """*items*, which no client holds any more: their capacity is free unless a subscribe is taking them."""
+        reserved = self._reserved
+        for item in items:
+            if item not in reserved:
+                self.capacity.release(item)
+        return items
 
     # --- upstream side --------------------------------------------------------------------------------------------
 
@@ -327,7 +365,7 @@ class UpstreamHub:
 
     def _fail_clients(self, message: str) -> None:
         for client in self.index.clients():
-            self.index.remove(client)
+            self._unheld(self.index.remove(client))
             client.upstream_failed(message)
 
     def _dispatch(self, frame: bytes) -> None:

@@ -45,6 +45,7 @@ MESSAGE_SUBSCRIBED = "subscribed to: {item}"
 MESSAGE_UNSUBSCRIBED = "unsubscribed to: {item}"
 MESSAGE_UNKNOWN_ACTION = "unknown action: {action}"
 MESSAGE_INVALID_SUBSCRIPTION = "invalid subscription: {item}"
+MESSAGE_SUBSCRIPTION_LIMIT = "Subscription limit reached for feed. Please remove some subscriptions and try again."
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008
@@ -52,6 +53,9 @@ CLOSE_POLICY_VIOLATION = 1008
 WILDCARD = "*"
 ITEM_SEPARATOR = ","
 EV_SEPARATOR = "."
+
+# The feed subscribes one connection to at most this many option contracts' quotes; it refuses the rest.
+MAX_OPTION_QUOTE_CONTRACTS = 1000
 
 # Every frame the feed sends stays strictly below this many bytes; larger batches are split.
 MAX_FRAME_BYTES = 1_000_000

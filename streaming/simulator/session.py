@@ -15,8 +15,13 @@ from websockets.exceptions import ConnectionClosed
 
 from .fanout import Subscription
 from .protocol import (
+    CLUSTER_OPTIONS,
+    EV_QUOTE,
+    EV_SEPARATOR,
+    MAX_OPTION_QUOTE_CONTRACTS,
     MESSAGE_INVALID_SUBSCRIPTION,
     MESSAGE_SUBSCRIBED,
+    MESSAGE_SUBSCRIPTION_LIMIT,
     MESSAGE_UNSUBSCRIBED,
     STATUS_ERROR,
     STATUS_SUCCESS,
@@ -68,7 +73,8 @@ class Session:
             return
 
     def subscribe(self, params: str) -> None:
-        """Add each item of *params*, acknowledging each one (or rejecting it when it is not ``EV.SYMBOL``)."""
+        """Add each item of *params*, acknowledging each one (or rejecting it when it is not ``EV.SYMBOL``); on the
+        options cluster, quotes beyond ``MAX_OPTION_QUOTE_CONTRACTS`` are refused with one error per message."""
         self._change(params, adding=True)
 
     def unsubscribe(self, params: str) -> None:
@@ -77,10 +83,21 @@ class Session:
 
     def _change(self, params: str, adding: bool) -> None:
         items = set(self.subscription.items)
+        quote_prefix = EV_QUOTE + EV_SEPARATOR
+        limited = self.cluster == CLUSTER_OPTIONS
+        quotes = sum(1 for item in items if item.startswith(quote_prefix)) if limited else 0
+        refused = False
         for item in split_params(params):
             if parse_item(item) is None:
                 self.send(status_frame(STATUS_ERROR, MESSAGE_INVALID_SUBSCRIPTION.format(item=item)))
                 continue
+            if adding and limited and item.startswith(quote_prefix) and item not in items:
+                if quotes >= MAX_OPTION_QUOTE_CONTRACTS:
+                    if not refused:
+                        self.send(status_frame(STATUS_ERROR, MESSAGE_SUBSCRIPTION_LIMIT))
+                        refused = True
+                    continue
+                quotes += 1
             if adding:
                 items.add(item)
                 self.send(status_frame(STATUS_SUCCESS, MESSAGE_SUBSCRIBED.format(item=item)))

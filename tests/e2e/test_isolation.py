@@ -416,3 +416,45 @@ async def test_a_message_over_the_size_limit_is_closed_1009_and_the_neighbour_st
     simulator.start_recording("stocks")
     await simulator.send_events("stocks", [{"ev": "T", "sym": "AAPL", "p": 1.5, "s": 10, "t": 1, "q": 1}])
     assert await victim.read_data(1) == simulator.recorded("stocks")
+
+
+@pytest.fixture
+def options_keys(transactional_db) -> tuple[str, str]:
+    """Keys of two Commercial options users."""
+    return tuple(make_key(make_user(name, plans={"options": "commercial"}), "options")[1] for name in ("one", "two"))
+
+
+async def test_option_quotes_beyond_the_feeds_limit_are_refused_by_the_gateway_before_the_feed_refuses_them(
+    streaming_gateway, simulator, options_keys
+):
+    """The feed quotes at most 1,000 option contracts per connection, and every client of a gateway process shares
+    its one connection: without a shared count, two clients within their plans would together send the feed a
+    subscribe it refuses, and wait for acks that never come."""
+    first_key, second_key = options_keys
+    contracts = [f"Q.O:SPY261218C{strike:08d}" for strike in range(1_005)]
+    first = Client(await open_from(streaming_gateway, first_key, "options", ATTACKER_ADDRESS))
+    acks = await first.subscribe(",".join(contracts[:998]))
+    assert {ack["status"] for ack in acks} == {"success"} and len(acks) == 998
+
+    second = Client(await open_from(streaming_gateway, second_key, "options", VICTIM_ADDRESS))
+    over = contracts[993:1_003] + ["T.O:SPY261218C00000001"]  # 5 held by the first client + 5 new + a trade
+    refused = await second.request({"action": "subscribe", "params": ",".join(over)}, 1)
+    assert [status["status"] for status in refused] == ["error"]
+    assert refused[0]["message"] == (
+        "Subscription limit reached for feed. Please remove some subscriptions and try again. (the feed allows "
+        "1000 Q items per connection, which every client of this gateway shares: 998 held + 5 new; nothing was "
+        "subscribed)"
+    )
+    acks = await second.subscribe(",".join(contracts[993:1_000]))  # 2 new: up to the limit
+    assert {ack["status"] for ack in acks} == {"success"} and len(acks) == 7
+    assert len(simulator.subscriptions("options")) == 1_000  # the feed never saw what it would refuse
+
+    await first.unsubscribe(",".join(contracts[:10]))
+    acks = await second.subscribe(contracts[1_004])  # freed by the first client's unsubscribe
+    assert [ack["message"] for ack in acks] == [f"subscribed to: {contracts[1_004]}"]
+    simulator.start_recording("options")
+    await simulator.send_events("options", [{"ev": "Q", "sym": contracts[1_004][2:], "bp": 1.0, "ap": 1.1}])
+    assert await second.read_data(1) == simulator.recorded("options")
+    assert value(scrape(streaming_gateway.port), "cutemarkets_stream_refusals_total", market="options",
+                 reason="feed_capacity") == 1
+    assert first.websocket.close_code is None and second.websocket.close_code is None

@@ -361,11 +361,16 @@ async def test_a_recheck_that_cannot_read_the_key_waits_and_tries_again(applicat
     assert code == codes.CloseCode.UNAUTHORIZED and "revoked" in events[-1]["message"]
 
 
-def _rejections_4401() -> float:
+def _rejections_4401() -> tuple[float, float]:
+    """Rejections with 4401, and refusals for an invalid key (the rule), in the options market."""
     from prometheus_client import REGISTRY
 
-    labels = {"market": "options", "code": str(codes.CloseCode.UNAUTHORIZED.value)}
-    return REGISTRY.get_sample_value("cutemarkets_stream_rejections_total", labels) or 0.0
+    by_code = {"market": "options", "code": str(codes.CloseCode.UNAUTHORIZED.value)}
+    by_reason = {"market": "options", "reason": "invalid_key"}
+    return (
+        REGISTRY.get_sample_value("cutemarkets_stream_rejections_total", by_code) or 0.0,
+        REGISTRY.get_sample_value("cutemarkets_stream_refusals_total", by_reason) or 0.0,
+    )
 
 
 async def test_a_prefix_never_issued_is_refused_and_counted_like_any_unknown_key(
@@ -380,9 +385,10 @@ async def test_a_prefix_never_issued_is_refused_and_counted_like_any_unknown_key
         before = _rejections_4401()
         with database():  # blocked: a query would fail the resolution (1011)
             events, code = await frames_until_close(await _connected(application, key))
-        answers.append((code, events, _rejections_4401() - before))
+        after = _rejections_4401()
+        answers.append((code, events, (after[0] - before[0], after[1] - before[1])))
     assert answers[0] == answers[1]
-    assert answers[0][0] == codes.CloseCode.UNAUTHORIZED and answers[0][2] == 1
+    assert answers[0][0] == codes.CloseCode.UNAUTHORIZED and answers[0][2] == (1, 1)
 
 
 async def _connected(application, key):

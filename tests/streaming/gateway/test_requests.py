@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client import REGISTRY
 
 from streaming import codes
 from streaming.gateway.admission import Admission, Phase
@@ -87,6 +88,11 @@ def test_a_connection_over_its_cap_keeps_what_it_holds_and_gets_nothing_new():
     assert over_plan_cap(items("T.B", "T.D"), held, cap=2) is not None
 
 
+def refusals(reason: str) -> float:
+    labels = {"market": Connection().market, "reason": reason}
+    return REGISTRY.get_sample_value("cutemarkets_stream_refusals_total", labels) or 0.0
+
+
 # --- floods ---------------------------------------------------------------------------------------------------------
 
 
@@ -102,12 +108,14 @@ async def test_refused_messages_are_answered_until_the_client_is_closed_1008(set
     settings.STREAM_CLIENT_REFUSALS_BEFORE_CLOSE = 3
     connection = Connection()
     requests = requests_of(connection, tasks)
+    before = refusals("message_rate")
     for _ in range(2):
         await requests.refuse_flood()
     assert connection.statuses == [
         (codes.Status.ERROR, "rate limit exceeded (4 messages per second): message ignored")
     ] * 2
     assert connection.closed is None
+    assert refusals("message_rate") - before == 2
     await requests.refuse_flood()
     assert connection.closed == (
         codes.CloseCode.POLICY_VIOLATION, codes.Status.ERROR, "too many messages: more than 4 per second, closing"

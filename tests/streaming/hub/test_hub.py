@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 import orjson
 import pytest
 
-from streaming.exceptions import UpstreamUnavailable
+from streaming.exceptions import SubscriptionRefused, UpstreamUnavailable
 from streaming.hub.hub import UpstreamHub
 from streaming.hub.index import MAX_FRAME_BYTES, Subscription
 from streaming.runtime.backoff import Backoff
@@ -205,6 +205,76 @@ async def test_detach_forgets_the_client_and_drops_its_items_upstream(hub, feed)
 
 async def test_subscriptions_of_a_client_without_any_is_empty(hub):
     assert hub.subscriptions_of(Client()) == frozenset()
+
+
+# --- the feed's limit per connection ----------------------------------------------------------------------------------
+
+
+def limited_hub(feed: ScriptedFeed, quotes: int) -> UpstreamHub:
+    return UpstreamHub(MARKET, feed.url, KEY, idle_seconds=IDLE, item_limits={"Q": quotes})
+
+
+async def test_clients_share_the_feeds_limit_and_a_subscribe_over_it_changes_nothing(feed):
+    hub = limited_hub(feed, quotes=3)
+    first, second = Client(), Client()
+    await subscribe(hub, first, "Q.A", "Q.B", "T.A")
+    session = feed.sessions[0]
+    queued_actions(session)
+    with pytest.raises(SubscriptionRefused) as refused:
+        await subscribe(hub, second, "Q.B", "Q.C", "Q.D", "T.B")  # Q.B counts once: 2 held + 2 new > 3
+    assert str(refused.value) == (
+        "Subscription limit reached for feed. Please remove some subscriptions and try again. (the feed allows 3 Q "
+        "items per connection, which every client of this gateway shares: 2 held + 2 new; nothing was subscribed)"
+    )
+    assert hub.subscriptions_of(second) == frozenset() and second.log == []
+    await subscribe(hub, second, "Q.B", "Q.C", "T.B")  # exactly the limit, and other event types are not limited
+    assert hub.capacity.held("Q") == 3
+    assert [action["params"] for action in queued_actions(session)] == ["Q.C,T.B"]  # nothing of the refused one
+
+
+async def test_what_clients_stop_holding_frees_the_feeds_limit(feed):
+    hub = limited_hub(feed, quotes=2)
+    leaving, unsubscribing, waiting = Client(), Client(), Client()
+    await subscribe(hub, leaving, "Q.A")
+    await subscribe(hub, unsubscribing, "Q.A", "Q.B")
+    with pytest.raises(SubscriptionRefused):
+        await subscribe(hub, waiting, "Q.C")
+    hub.detach(leaving)  # Q.A is still held by the other
+    with pytest.raises(SubscriptionRefused):
+        await subscribe(hub, waiting, "Q.C")
+    await hub.unsubscribe(unsubscribing, items("Q.B"))
+    await subscribe(hub, waiting, "Q.C")
+    hub.detach(unsubscribing)
+    await subscribe(hub, waiting, "Q.D")
+    assert hub.subscriptions_of(waiting) == frozenset(items("Q.C", "Q.D"))
+    assert hub.capacity.held("Q") == 2
+
+
+async def test_a_request_claiming_the_feeds_limit_holds_it_for_all_its_steps(feed):
+    hub = limited_hub(feed, quotes=2)
+    claimant, other = Client(), Client()
+    with hub.claiming(items("Q.A", "Q.B")):
+        await subscribe(hub, claimant, "Q.A")  # the first step; Q.B still to come
+        with pytest.raises(SubscriptionRefused):
+            await subscribe(hub, other, "Q.C")
+        await subscribe(hub, claimant, "Q.B")
+    with pytest.raises(SubscriptionRefused):
+        hub.claiming(items("Q.C")).__enter__()
+    assert hub.capacity.held("Q") == 2
+    hub.detach(claimant)
+    with hub.claiming(items("Q.C", "Q.D")):
+        pass  # a request that ended without subscribing gives its claim back
+    assert hub.capacity.held("Q") == 0
+
+
+async def test_a_lost_upstream_frees_the_feeds_limit_of_the_clients_it_forgets(feed):
+    hub = limited_hub(feed, quotes=1)
+    client = Client()
+    await subscribe(hub, client, "Q.A")
+    await (await feed.next_session()).close(1011)
+    await client.failed()
+    assert hub.capacity.held("Q") == 0
+    await subscribe(hub, client, "Q.B")
 
 
 # --- routing ----------------------------------------------------------------------------------------------------------
@@ -511,6 +581,7 @@ async def test_for_market_gives_one_hub_per_market_configured_from_the_settings(
     hub = UpstreamHub.for_market("stocks")
     assert UpstreamHub.for_market("stocks") is hub
     assert (hub.market, hub.url, hub.api_key, hub.idle_seconds, hub.silence_seconds) == ("stocks", feed.url, KEY, 7, 3)
+    assert hub.capacity.limited(items("Q.A", "T.A")) == []  # the feed limits option quotes only
     with pytest.raises(LookupError, match="no upstream configured for options"):
         UpstreamHub.for_market("options")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -17,6 +18,7 @@ from . import (
     authenticate,
     open_client,
     receive,
+    receive_count,
     receive_until,
     subscribe,
 )
@@ -118,6 +120,26 @@ async def test_subscribe_acks_each_item_splitting_on_the_first_dot(sim):
 async def test_option_symbols_subscribe_like_stocks(sim):
     async with open_client(sim, "options") as client:
         assert await subscribe(client, "T.O:SPY260515C00500000") == [success("subscribed to: T.O:SPY260515C00500000")]
+
+
+async def test_an_options_connection_gets_quotes_of_1000_contracts_at_most_and_one_error_for_the_rest(sim):
+    contracts = [f"Q.O:SPY260515C{strike:08d}" for strike in range(1002)]
+    async with open_client(sim, "options") as client:
+        await client.send(orjson.dumps({"action": "subscribe", "params": ",".join(contracts[:999])}).decode())
+        await receive_count(client, 999)
+        await client.send(orjson.dumps({"action": "subscribe", "params": ",".join(contracts[998:])}).decode())
+        assert await receive_count(client, 3) == [
+            *success(f"subscribed to: {contracts[998]}"),  # held already: not counted again
+            *success(f"subscribed to: {contracts[999]}"),
+            {"ev": "status", "status": "error",
+             "message": "Subscription limit reached for feed. Please remove some subscriptions and try again."},
+        ]
+        assert sim.subscriptions("options") == set(contracts[:1000])
+        assert await subscribe(client, "T.O:SPY260515C00000001") == [success("subscribed to: T.O:SPY260515C00000001")]
+    async with open_client(sim, "stocks") as client:  # stock quotes are not limited
+        await client.send(orjson.dumps({"action": "subscribe", "params": ",".join(
+            f"Q.S{n}" for n in range(1001))}).decode())
+        assert (await receive_count(client, 1001))[-1] == success("subscribed to: Q.S1000")[0]
 
 
 async def test_malformed_items_get_an_error_and_valid_ones_are_still_acked(sim):
