@@ -18,7 +18,8 @@ from typing import Any
 from bench.attacks import ATTACKS
 from bench.report import machine_info, print_summary, write_results
 from bench.scenarios import Target, admission, firehose, idle, neighbours, selective, slow_consumer
-from bench.stack import Environment, raise_fd_limit
+from bench.stack import Environment
+from devstack.open_files import raise_open_file_limit
 
 SCENARIOS = ("firehose", "selective", "admission", "idle", "slow", "neighbours")
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         config["firehose"]["client_counts"] = options.clients
     if options.rate:
         config["firehose"]["rate"] = options.rate
-    fd_limit = raise_fd_limit()
+    fd_limit = raise_open_file_limit()
     started = time.time()
 
     def log(line: str) -> None:

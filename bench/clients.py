@@ -262,9 +262,9 @@ async def run_probe(job: ProbeJob, pipe) -> None:
 def worker(job, pipe) -> None:
     """Entry point of a client process."""
     from bench.attacks import AttackJob, run_attack
-    from bench.stack import raise_fd_limit
+    from devstack.open_files import raise_open_file_limit
 
-    raise_fd_limit()
+    raise_open_file_limit()
     runners: dict[type, Callable[[Any, Any], Coroutine[Any, Any, None]]] = {
         StreamJob: run_stream, AdmitJob: run_admit, IdleJob: run_idle, ProbeJob: run_probe, AttackJob: run_attack,
     }

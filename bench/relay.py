@@ -26,8 +26,9 @@ import psutil
 
 from bench.clients import StreamJob
 from bench.report import RESULTS_DIR, machine_info
-from bench.stack import PROJECT_DIR, UPSTREAM_KEY, Environment, Server, Upstream, raise_fd_limit, stop_process
+from bench.stack import PROJECT_DIR, UPSTREAM_KEY, Environment, Server, Upstream, stop_process
 from bench.workers import Workers, median, split, weighted_percentiles
+from devstack.open_files import raise_open_file_limit
 
 MARKET = "options"
 LIVE_KEY = f"cm:relay:{MARKET}:live"  # STREAM_RELAY_PREFIX's default; the relay sets it once it streams
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.5)
     parser.add_argument("--duration", type=float, default=4.0)
     options = parser.parse_args(argv)
-    raise_fd_limit()
+    raise_open_file_limit()
     started = time.time()
 
     def log(line: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -30,14 +29,6 @@ UPSTREAM_KEY = "bench-upstream-key"
 SECRET_KEY = "bench-only-secret-key-not-for-production-0123456789abcdef"
 READY_TIMEOUT_SECONDS = 30.0
 PORT_LINE = re.compile(rb"ws://127\.0\.0\.1:(\d+)/")
-
-
-def raise_fd_limit() -> int:
-    """Soft limit of open files up to the hard limit (children inherit it): 10,000 sockets need more than 1,024."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def free_port() -> int:

@@ -6,6 +6,8 @@
 # daphne replaces the shell (exec), so it receives SIGTERM itself and drains its WebSockets (streaming.daphne.shutdown).
 set -eu
 cd "$(dirname "$0")/.."
+# Every WebSocket is an open file: raise the limit (often 1,024) to 65,536 where allowed, else to the hard limit.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -H -n)" 2>/dev/null || true
 
 serve() {
     exec python -m daphne \

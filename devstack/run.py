@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+from devstack.open_files import raise_open_file_limit
 from devstack.redis_server import RedisServer
 
 GATEWAY_HOST = os.environ.get("GATEWAY_HOST", "127.0.0.1")
@@ -46,6 +47,7 @@ Try it:
 
 
 def main() -> int:
+    raise_open_file_limit()  # for daphne, which inherits it
     env = dict(os.environ)
     env.setdefault("DJANGO_SETTINGS_MODULE", "cutemarkets.settings")
     with contextlib.ExitStack() as stack:

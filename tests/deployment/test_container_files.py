@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
+import sys
 from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings
 
+from devstack.open_files import WANTED_OPEN_FILES
 from tests.deployment.compose import (
     COMPOSE_FILE,
     ENTRYPOINT,
@@ -126,6 +129,37 @@ def test_a_real_upstream_replaces_the_simulator_through_the_environment():
 def test_compose_gives_the_gateway_time_to_drain_on_stop():
     for gateway in GATEWAYS:
         assert duration_seconds(service(gateway)["stop_grace_period"]) > settings.GATEWAY_SHUTDOWN_TIMEOUT
+
+
+def test_compose_lets_each_gateway_hold_tens_of_thousands_of_sockets():
+    for gateway in GATEWAYS:
+        nofile = service(gateway)["ulimits"]["nofile"]
+        assert nofile["soft"] == nofile["hard"] >= 30_000
+
+
+def lowered_open_file_limit() -> None:
+    """In the child: the soft limit most shells start with, under whatever hard limit this machine has."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+
+
+def test_the_entrypoint_raises_the_open_file_limit_for_whatever_it_runs():
+    report = "import resource; print(*resource.getrlimit(resource.RLIMIT_NOFILE))"
+    ran = subprocess.run([str(ENTRYPOINT), sys.executable, "-c", report], preexec_fn=lowered_open_file_limit,
+                         capture_output=True, text=True, check=True)
+    soft, hard = map(int, ran.stdout.split())
+    assert soft == hard > 1024  # 65,536 where the hard limit may be raised, else the hard limit
+    assert soft >= min(WANTED_OPEN_FILES, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+
+
+def test_make_run_raises_the_open_file_limit_it_hands_to_daphne():
+    report = ("from devstack.open_files import raise_open_file_limit; import resource; "
+              "print(raise_open_file_limit(), *resource.getrlimit(resource.RLIMIT_NOFILE))")
+    ran = subprocess.run([sys.executable, "-c", report], preexec_fn=lowered_open_file_limit, cwd=PROJECT_DIR,
+                         capture_output=True, text=True, check=True)
+    returned, soft, hard = map(int, ran.stdout.split())
+    assert returned == soft == hard > 1024
+    assert soft >= min(WANTED_OPEN_FILES, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
 
 
 def test_dockerfile_uses_the_slim_base_and_runs_as_a_non_root_user():
