@@ -130,9 +130,12 @@ class Lease:
     @classmethod
     async def refresh_together(
         cls, client: redis.asyncio.Redis, leases: Sequence[Lease], script_loaded: bool = False
-    ) -> list[bool]:
-        """Refresh every lease in *leases* in one pipelined round trip (no transaction: each is checked on its own);
-        True for each still held. Raises `LeaseUnavailable` when the round trip fails.
+    ) -> tuple[float, list[bool]]:
+        """Refresh every lease in *leases* in one pipelined round trip (no transaction: each is checked on its own):
+        when it was sent, and True for each still held. Raises `LeaseUnavailable` when the round trip fails.
+
+        The leases are left as they are: the caller confirms those it still keeps (`confirm`), since a round trip
+        it gave up on may yet complete, after the leases were reported lost.
 
         The script is called by its SHA, not through redis-py's pipeline script support, which would add a
         ``SCRIPT EXISTS`` round trip to every call; the rare ``NOSCRIPT`` (Redis restarted) loads it and retries.
@@ -150,11 +153,11 @@ class Lease:
                 return await cls.refresh_together(client, leases, script_loaded=True)
         except redis.exceptions.RedisError as error:
             raise LeaseUnavailable(f"cannot refresh {len(leases)} leases") from error
-        owned = [reply == 1 for reply in replies]
-        for lease, still_held in zip(leases, owned, strict=True):
-            if still_held:
-                lease._confirmed_at = sent_at
-        return owned
+        return sent_at, [reply == 1 for reply in replies]
+
+    def confirm(self, sent_at: float) -> None:
+        """A refresh sent at *sent_at* found the lease held (see `refresh_together`)."""
+        self._confirmed_at = sent_at
 
     async def release(self) -> bool:
         """Delete the key if it still holds our token; True if it did. Safe to repeat. Raises `LeaseUnavailable`."""

@@ -128,14 +128,20 @@ class LockKeeper:
                 reachable = False
                 continue
             try:
-                owned = round_trip.result()
+                sent_at, owned = round_trip.result()
             except LeaseUnavailable:
                 reachable = False
                 continue
             metrics.lock_refresh_round_trip(len(batch))
-            self._report(LossReason.LOST, [
-                lease for lease, still_held in zip(batch, owned, strict=True) if not still_held and lease in self._kept
-            ])
+            lost = []
+            for lease, still_held in zip(batch, owned, strict=True):
+                if lease not in self._kept:
+                    continue  # forgotten meanwhile
+                if still_held:
+                    lease.confirm(sent_at)
+                else:
+                    lost.append(lease)
+            self._report(LossReason.LOST, lost)
         if not reachable:
             logger.warning("connection locks could not be refreshed (Redis unreachable); retrying")
         return reachable
