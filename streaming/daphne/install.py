@@ -2,9 +2,10 @@
 
 Each patch lives with the concern it serves: ``close`` (any sendable close code and its reason as a clean close
 frame), ``flow_control`` (send-side flow control and the direct text-frame write), ``inbound`` (the budget on
-queued inbound bytes, and close 1009 for an oversize message), ``shutdown`` (SIGTERM closes every WebSocket with
-1001 and lets the apps clean up), ``upgrade_filter`` (upgrades from addresses the application drops are aborted
-before daphne builds anything) and ``access_log`` (no query strings; through Python logging). This
+queued inbound bytes, and close 1009 for an oversize message), ``lifecycle`` (each connection's timeouts and
+clean-up on its own events instead of daphne's sweeps over all connections), ``shutdown`` (SIGTERM closes every
+WebSocket with 1001 and lets the apps clean up), ``upgrade_filter`` (upgrades from addresses the application drops
+are aborted before daphne builds anything) and ``access_log`` (no query strings; through Python logging). This
 module wires them into daphne's classes, and stops autobahn pretty-printing its configuration for a debug line
 nobody reads on every connection. Before it touches anything, ``compatibility.check()`` makes sure every internal
 these patches rely on is there, with the shape they expect: a process on other versions refuses to start.
@@ -32,6 +33,12 @@ from streaming.daphne.inbound import (
     patched_on_message,
     patched_send_auto_ping,
     patched_send_close_frame,
+)
+from streaming.daphne.lifecycle import (
+    patched_create_application as reaped_create_application,
+    patched_protocol_connected,
+    patched_protocol_disconnected,
+    patched_sweep,
 )
 from streaming.daphne.pings import patched_on_ping
 from streaming.daphne.shutdown import patched_kill_all_applications
@@ -62,6 +69,11 @@ def install() -> bool:
     autobahn.websocket.protocol.pformat = DeferredPformat  # type: ignore[assignment]
     _patch(WebSocketProtocol, "handle_reply", patched_handle_reply)
     _patch(server_module.Server, "create_application", patched_create_application)
+    _patch(server_module.Server, "create_application", reaped_create_application)
+    _patch(server_module.Server, "protocol_connected", patched_protocol_connected)
+    _patch(server_module.Server, "protocol_disconnected", patched_protocol_disconnected)
+    _patch(server_module.Server, "application_checker", patched_sweep)
+    _patch(server_module.Server, "timeout_checker", patched_sweep)
     _patch(server_module.Server, "kill_all_applications", patched_kill_all_applications)
     _patch(AccessLogGenerator, "write_entry", patched_write_entry)
     _patch(WebSocketProtocol, "onPing", patched_on_ping)
@@ -99,12 +111,16 @@ class DeferredPformat:
 
 
 def _patch(cls: type, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
-    """Replace ``cls.name`` with ``make(original)``, once. The replacement's ``__wrapped__`` is the original, which
-    ``compatibility`` inspects when ``install()`` runs again."""
-    original = getattr(cls, name)
-    if getattr(original, _PATCH_MARKER, False):
-        return
-    patched = make(original)
-    setattr(patched, _PATCH_MARKER, True)
-    patched.__wrapped__ = original  # type: ignore[attr-defined]
+    """Wrap ``cls.name`` in ``make(current)``, once per *make* (two concerns may wrap one method, each once). Each
+    layer's ``__wrapped__`` is what it wraps, down to daphne's own function, which ``compatibility`` inspects when
+    ``install()`` runs again."""
+    current = getattr(cls, name)
+    layer = current
+    while layer is not None:
+        if getattr(layer, _PATCH_MARKER, None) is make:
+            return
+        layer = getattr(layer, "__wrapped__", None)
+    patched = make(current)
+    setattr(patched, _PATCH_MARKER, make)
+    patched.__wrapped__ = current  # type: ignore[attr-defined]
     setattr(cls, name, patched)

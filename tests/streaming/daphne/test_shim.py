@@ -50,16 +50,19 @@ TCP_CLOSE = 7
 
 
 class Daphne:
-    """One daphne subprocess serving shim_app on a free loopback port, its output captured to files."""
+    """One daphne subprocess serving shim_app (or *app*, which must answer ``GET /stats``) on a free loopback port,
+    its output captured to files."""
 
-    def __init__(self, log_dir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, log_dir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = (), app: str = APP
+    ) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.stderr_path = log_dir / f"daphne-{self.port}.stderr"
         with open(self.stderr_path, "wb") as stderr:
             self.process = subprocess.Popen(
-                [str(DAPHNE), "-b", "127.0.0.1", "-p", str(self.port), *args, APP],
+                [str(DAPHNE), "-b", "127.0.0.1", "-p", str(self.port), *args, app],
                 cwd=REPO_ROOT,
                 env={**os.environ, **(env or {})},
                 stdout=subprocess.DEVNULL,

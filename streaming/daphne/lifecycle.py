@@ -1,0 +1,181 @@
+"""Each connection's timeouts and clean-up driven by its own events, instead of daphne's sweeps over every connection.
+
+daphne walks all of its connections every second (``Server.application_checker``: reap finished applications, cancel
+those that outlive ``--application-close-timeout`` after a disconnect, forget closed connections) and every two
+seconds (``Server.timeout_checker``: ``check_timeouts`` on each, which sends the keep-alive pings and enforces the
+WebSocket, handshake and HTTP timeouts). With 10,000 idle WebSockets those sweeps were most of an idle gateway's CPU.
+Here the same rules run when they are due, for the one connection they concern:
+
+- a finished application is reaped by a done-callback on its future (its exception logged as daphne logs it, and
+  handed to the protocol if the client is still there); a disconnected connection is forgotten as soon as its
+  application is done, or at once if it has none;
+- a disconnect starts one timer that cancels the application if it is still running after the close timeout;
+- a WebSocket gets a keep-alive timer that sends daphne's ping once nothing was received for ``--ping-interval``
+  (autobahn still drops a client whose pong is late), a timer for ``--websocket_connect_timeout`` while it is being
+  accepted, and, unless it is -1, one for ``--websocket_timeout``; an HTTP request gets one for ``--http-timeout``
+  when that is set. A connection's timers are cancelled when it disconnects.
+
+The sweeps themselves are left unscheduled: ``Server.run`` starts each once, and they do nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger("daphne.server")  # daphne's own words, in daphne's logger
+_TIMERS_ATTRIBUTE = "_cutemarkets_timers"
+
+
+def _call_later(protocol: Any, delay: float, callback: Callable[..., None], *args: Any) -> None:
+    """Schedule *callback* (protocol, *args) on the event loop daphne's reactor runs on; a later call for the same
+    callback replaces it, and all are cancelled when the protocol disconnects. Plain asyncio timer handles, not
+    Twisted's ``DelayedCall``: one lives per idle WebSocket, so its size and cost count."""
+    timers: dict[Callable[..., None], asyncio.TimerHandle] | None = getattr(protocol, _TIMERS_ATTRIBUTE, None)
+    if timers is None:
+        timers = {}
+        setattr(protocol, _TIMERS_ATTRIBUTE, timers)
+    previous = timers.get(callback)
+    if previous is not None:
+        previous.cancel()
+    timers[callback] = asyncio.get_running_loop().call_later(max(0.0, delay), callback, protocol, *args)
+
+
+def _cancel_timers(protocol: Any) -> None:
+    for timer in (getattr(protocol, _TIMERS_ATTRIBUTE, None) or {}).values():
+        timer.cancel()
+    setattr(protocol, _TIMERS_ATTRIBUTE, None)
+
+
+# --- WebSocket and HTTP timeouts ----------------------------------------------------------------------------------
+
+
+def _keep_alive(protocol: Any) -> None:
+    """daphne's rule: ping when nothing came from the client for a ping interval (every message counts)."""
+    if protocol.state == protocol.STATE_CLOSED:
+        return
+    interval = protocol.server.ping_interval
+    now = time.time()
+    if protocol.state == protocol.STATE_OPEN and now - protocol.last_ping >= interval:
+        protocol._sendAutoPing()
+        protocol.last_ping = now
+    _call_later(protocol, protocol.last_ping + interval - now if protocol.state == protocol.STATE_OPEN else interval,
+                _keep_alive)
+
+
+def _connect_timeout(protocol: Any) -> None:
+    if protocol.state == protocol.STATE_CONNECTING and hasattr(protocol, "handshake_deferred"):
+        protocol.serverReject()
+
+
+def _websocket_timeout(protocol: Any) -> None:
+    if protocol.state == protocol.STATE_OPEN:
+        protocol.serverClose()
+
+
+def _http_timeout(protocol: Any) -> None:
+    remaining = protocol.server.http_timeout - protocol.duration()
+    if remaining > 0:
+        _call_later(protocol, remaining, _http_timeout)
+    else:
+        protocol.check_timeouts()  # daphne's answer: 503, or the end of a response that started
+
+
+def _start_timers(server: Any, protocol: Any) -> None:
+    from daphne.ws_protocol import WebSocketProtocol
+
+    if isinstance(protocol, WebSocketProtocol):
+        _call_later(protocol, server.ping_interval, _keep_alive)
+        _call_later(protocol, server.websocket_connect_timeout, _connect_timeout)
+        if server.websocket_timeout >= 0:
+            _call_later(protocol, server.websocket_timeout, _websocket_timeout)
+    elif server.http_timeout:
+        _call_later(protocol, server.http_timeout, _http_timeout)
+
+
+# --- applications -------------------------------------------------------------------------------------------------
+
+
+def _reap(server: Any, protocol: Any, instance: asyncio.Future) -> None:
+    """*instance* is done: what ``application_checker`` did for it, now."""
+    details = server.connections.get(protocol)
+    if details is None or details.get("application_instance") is not instance:
+        return
+    try:
+        exception = instance.exception()
+    except asyncio.CancelledError:
+        exception = None
+    if exception is not None:
+        if isinstance(exception, KeyboardInterrupt):
+            server.stop()  # the application asks the server to exit (daphne's rule)
+        else:
+            logger.error("Exception inside application: %s", exception, exc_info=exception)
+            if not details.get("disconnected"):
+                protocol.handle_exception(exception)
+    del details["application_instance"]
+    if details.get("disconnected"):
+        del server.connections[protocol]
+        _cancel_timers(protocol)  # the close timeout's
+
+
+def _cancel_if_running(protocol: Any, server: Any, instance: asyncio.Future) -> None:
+    if not instance.done():
+        logger.warning(
+            "Application instance %r for connection %s took too long to shut down and was killed.",
+            instance, repr(protocol),
+        )
+        instance.cancel()  # its done-callback reaps it
+
+
+def patched_protocol_connected(original: Callable[..., None]) -> Callable[..., None]:
+    def protocol_connected(self: Any, protocol: Any) -> None:
+        """Register the connection, and start the timers of its timeouts."""
+        original(self, protocol)
+        _start_timers(self, protocol)
+
+    return protocol_connected
+
+
+def patched_protocol_disconnected(original: Callable[..., None]) -> Callable[..., None]:
+    def protocol_disconnected(self: Any, protocol: Any) -> None:
+        """Its timers stop; it is forgotten now if its application is done (or never started), else once it is,
+        and the application gets the close timeout to finish. A second report of the same disconnect (daphne sends
+        one from several places) changes nothing."""
+        details = self.connections.get(protocol)
+        if details is None or "disconnected" in details:
+            return
+        original(self, protocol)
+        _cancel_timers(protocol)
+        instance = details.get("application_instance")
+        if instance is None:
+            del self.connections[protocol]
+        else:
+            _call_later(protocol, self.application_close_timeout, _cancel_if_running, self, instance)
+
+    return protocol_disconnected
+
+
+def patched_create_application(original: Callable[..., Any]) -> Callable[..., Any]:
+    def create_application(self: Any, protocol: Any, scope: dict[str, Any]) -> Any:
+        """Make the application instance, which reaps itself when it is done."""
+        if protocol not in self.connections:
+            return None  # disconnected and forgotten already
+        queue = original(self, protocol, scope)
+        instance = self.connections.get(protocol, {}).get("application_instance")
+        if instance is not None:
+            instance.add_done_callback(functools.partial(_reap, self, protocol))
+        return queue
+
+    return create_application
+
+
+def patched_sweep(original: Callable[..., None]) -> Callable[..., None]:
+    def sweep(self: Any) -> None:
+        """Not a sweep any more (see the module docstring): scheduled once by ``Server.run``, it does nothing and
+        does not schedule itself again."""
+
+    return sweep
