@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                                                           **config["selective"])
         if "admission" in scenarios:
             log("3. admission storm")
-            admission_targets = [t for t in targets if t.is_gateway and not (options.quick and t.kind == "uvicorn")]
+            admission_targets = [t for t in targets if (t.is_gateway or t.kind == "ceiling")
+                                 and not (options.quick and t.kind == "uvicorn")]
             results["scenarios"]["admission"] = admission(env, admission_targets, runs=runs, processes=processes,
                                                           log=log, **config["admission"])
         if "idle" in scenarios:

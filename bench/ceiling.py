@@ -4,27 +4,39 @@ It opens one upstream connection, subscribes it to the union of its clients' ite
 the clients that want it with ``websockets.broadcast`` (no per-client task, no copy per client): a group of clients
 with identical subscriptions that take every event of a frame gets the upstream's bytes unchanged; other groups get
 one frame built from the events they take (routing on ``ev`` and ``sym``, each event's bytes cut from the upstream
-frame, never re-encoded). It does what the gateway must do for its clients and nothing else: no keys, no plans, no
-lock (it answers ``connected`` and ``auth_success`` so the same load clients work), and it does not cut slow
-clients: it stops reading the upstream while any client has more than ``BACKLOG_LIMIT_BYTES`` unsent, which
-bounds its memory and slows the feed instead.
+frame, never re-encoded). It does what the gateway must do for its clients and nothing else: no plans, no budgets,
+and it does not cut slow clients: it stops reading the upstream while any client has more than
+``BACKLOG_LIMIT_BYTES`` unsent, which bounds its memory and slows the feed instead.
 
-``python -m bench.ceiling --port P --upstream ws://127.0.0.1:U/options --api-key K``
+Admission, with ``--redis``: a client with a Bearer key costs what a gateway admission essentially must: one ``GET``
+of the key's cached record, one ``SET NX`` of the user's connection lock (a held lock: ``max_connections`` and 4409),
+the two statuses, and the lock's ``DEL`` at the close. A record not in Redis yet (a cold key) is written there, as a
+gateway writes what its database returned; the ceiling has no database. Without a key (the load scenarios' clients)
+it answers ``connected`` and ``auth_success`` at once.
+
+``python -m bench.ceiling --port P --upstream ws://127.0.0.1:U/options --api-key K [--redis redis://...]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import secrets
 import signal
 
 import orjson
+import redis.asyncio
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
 CONNECTED_FRAME = b'[{"ev":"status","status":"connected","message":"Connected Successfully"}]'
 AUTH_SUCCESS_FRAME = b'[{"ev":"status","status":"auth_success","message":"authenticated"}]'
+MAX_CONNECTIONS_FRAME = b'[{"ev":"status","status":"max_connections","message":"already connected"}]'
+REDIS_PREFIX = "cm:bench-ceiling:"
+RECORD_TTL_SECONDS = 300  # the gateway's key cache
+LOCK_TTL_MS = 30_000  # the gateway's STREAM_LOCK_TTL
 BACKLOG_LIMIT_BYTES = 4 * 1024 * 1024
 
 
@@ -40,9 +52,10 @@ class Group:
 
 
 class Ceiling:
-    def __init__(self, upstream_url: str, api_key: str) -> None:
+    def __init__(self, upstream_url: str, api_key: str, registry: redis.asyncio.Redis | None = None) -> None:
         self.upstream_url = upstream_url
         self.api_key = api_key
+        self.registry = registry
         self.groups: dict[frozenset[str], Group] = {}
         self.group_of: dict[ServerConnection, Group] = {}
         self.wildcard_groups: dict[str, set[Group]] = {}
@@ -93,8 +106,28 @@ class Ceiling:
             broadcast(group.members, b"[{" + b"},{".join(group.batch) + b"}]", text=True)
             group.batch = []
 
+    async def admit(self, key: str) -> str | None:
+        """The user's lock key, taken; None if another connection holds it."""
+        assert self.registry is not None
+        record_key = f"{REDIS_PREFIX}key:{hashlib.sha256(key.encode()).hexdigest()}"
+        record = await self.registry.get(record_key)
+        if record is None:
+            record = orjson.dumps({"user": record_key[-16:]})
+            await self.registry.set(record_key, record, ex=RECORD_TTL_SECONDS)
+        lock = f"{REDIS_PREFIX}lock:{orjson.loads(record)['user']}"
+        taken = await self.registry.set(lock, secrets.token_hex(8), nx=True, px=LOCK_TTL_MS)
+        return lock if taken else None
+
     async def converse(self, connection: ServerConnection) -> None:
         await connection.send(CONNECTED_FRAME, text=True)
+        authorization = connection.request.headers.get("Authorization", "") if connection.request else ""
+        lock = None
+        if self.registry is not None and authorization.startswith("Bearer "):
+            lock = await self.admit(authorization[len("Bearer "):])
+            if lock is None:
+                await connection.send(MAX_CONNECTIONS_FRAME, text=True)
+                await connection.close(4409, "already connected")
+                return
         await connection.send(AUTH_SUCCESS_FRAME, text=True)
         try:
             async for message in connection:
@@ -114,6 +147,9 @@ class Ceiling:
             pass
         finally:
             self.leave(connection)
+            if lock is not None:
+                assert self.registry is not None
+                await self.registry.delete(lock)
 
     def join(self, connection: ServerConnection, items: frozenset[str]) -> None:
         self.leave(connection)
@@ -142,7 +178,8 @@ class Ceiling:
 
 
 async def main_async(options: argparse.Namespace) -> None:
-    ceiling = Ceiling(options.upstream, options.api_key)
+    registry = redis.asyncio.Redis.from_url(options.redis) if options.redis else None
+    ceiling = Ceiling(options.upstream, options.api_key, registry)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -159,6 +196,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--api-key", required=True)
+    parser.add_argument("--redis", default="", help="Admit Bearer keys through this Redis (see the module docstring).")
     asyncio.run(main_async(parser.parse_args()))
 
 

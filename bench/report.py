@@ -174,6 +174,16 @@ def summary_rows(results: dict) -> list[tuple[str, str, str, str]]:
             if cpu is not None:
                 rows.append((f"   gateway CPU per admission ({key.split('/')[1]}, whole connection)",
                              f"{cpu:.2f} ms = {1000 / cpu:,.0f} admissions/s per core", "", ""))
+            phase = key.split("/")[1]
+            cpu_ratio = entry.get("cpu_per_admission_ratio_vs_ceiling")
+            if cpu_ratio is not None:
+                goal = 2.0 if phase == "warm" else 3.0
+                rows.append((f"   gateway CPU per admission / the ceiling's ({phase})", f"x{cpu_ratio:.2f}",
+                             f"<= {goal:g}x", "met" if cpu_ratio <= goal else "NOT met"))
+            share = entry.get("cold_rate_share_of_warm")
+            if share is not None:
+                rows.append(("   cold admissions/s as a share of warm", f"{100 * share:.0f}%", ">= 60%",
+                             "met" if share >= 0.6 else "NOT met"))
             to_auth = entry.get("redis_commands_to_auth_success")
             if to_auth is not None:
                 rows.append((f"   Redis commands to auth_success ({key.split('/')[1]})",

@@ -352,6 +352,17 @@ def admission(env: Environment, targets: list[Target], *, admissions: int, concu
             summary[f"{target.label}/{phase}"]["redis_commands_per_admission"] = own[-1]["redis_commands_per_admission"]
             summary[f"{target.label}/{phase}"]["redis_commands_to_auth_success"] = (
                 own[-1]["redis_commands_to_auth_success"])
+            ceiling = {t["run"]: t for t in trials if t["target"] == "ceiling" and t["phase"] == phase}
+            if target.kind != "ceiling" and ceiling:
+                summary[f"{target.label}/{phase}"]["cpu_per_admission_ratio_vs_ceiling"] = median([
+                    t["server_cpu_ms_per_admission"] / ceiling[t["run"]]["server_cpu_ms_per_admission"]
+                    for t in own if t["run"] in ceiling
+                ])
+        warm = {t["run"]: t for t in trials if t["target"] == target.label and t["phase"] == "warm"}
+        summary[f"{target.label}/cold"]["cold_rate_share_of_warm"] = median([
+            t["admissions_per_s"] / warm[t["run"]]["admissions_per_s"]
+            for t in trials if t["target"] == target.label and t["phase"] == "cold" and t["run"] in warm
+        ])
     return {"admissions": admissions, "concurrency": concurrency, "db_queries_in_process": env.db_queries,
             "trials": trials, "summary": summary}
 

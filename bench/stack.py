@@ -207,8 +207,9 @@ class Server:
                        "--ws", "websockets-sansio", "--no-access-log", "--log-level", "warning",
                        "--lifespan", "off", "cutemarkets.asgi:application"]
         else:
+            assert environment.redis is not None
             command = [sys.executable, "-m", "bench.ceiling", "--port", str(self.port), "--upstream", upstream.url,
-                       "--api-key", UPSTREAM_KEY]
+                       "--api-key", UPSTREAM_KEY, "--redis", environment.redis.url]
             source = PROJECT_DIR
         self.log_path = environment.directory / f"{self.label}-{self.port}.log"
         with open(self.log_path, "ab") as log:
