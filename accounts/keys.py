@@ -40,6 +40,7 @@ from django_redis import get_redis_connection
 
 from accounts.models import ApiKey, Plan, Product
 from accounts.plan_catalogue import DEFAULT_MAX_SUBSCRIPTIONS
+from accounts.record_batches import RecordBatches
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -197,8 +198,14 @@ PLAN_FIELDS = ("slug", "websocket_access", "max_subscriptions")
 
 
 def _load_record(prefix: str) -> dict | None:
-    """One indexed query: the key, its user's state and the plan of the key's product, i.e. of the user's tier for
-    that product (joined), or Free when there is no tier.
+    """The record of one key (see `load_records`)."""
+    return load_records([prefix]).get(prefix)
+
+
+def load_records(prefixes: list[str]) -> dict[str, dict]:
+    """One indexed query for the keys with these *prefixes*: for each key found, the key, its user's state and the
+    plan of the key's product, i.e. of the user's tier for that product (joined), or Free when there is no tier.
+    Prefixes of no key are left out.
 
     The Free plan's fields come as raw scalar subqueries: the ORM's own expressions for them (Case, Coalesce,
     Subquery) cost more to build and compile than the query costs to run, on every cold admission.
@@ -208,17 +215,19 @@ def _load_record(prefix: str) -> dict | None:
         f"free_{field}": RawSQL(f"SELECT {field} FROM {plans} WHERE slug = %s", (Plan.FREE,)) for field in PLAN_FIELDS
     }
     rows = (
-        ApiKey.objects.filter(prefix=prefix)  # unique
+        ApiKey.objects.filter(prefix__in=prefixes)  # unique
         .annotate(tier=FilteredRelation("user__tiers", condition=Q(user__tiers__product=F("product"))), **free)
         .values(
-            "id", "user_id", "product", "secret_hash", "expires_at", "revoked_at", "user__is_active", "tier__id",
-            *(f"tier__plan__{field}" for field in PLAN_FIELDS), *free,
+            "prefix", "id", "user_id", "product", "secret_hash", "expires_at", "revoked_at", "user__is_active",
+            "tier__id", *(f"tier__plan__{field}" for field in PLAN_FIELDS), *free,
         )
         .order_by()  # not first(): ordering by the model's Meta.ordering costs more to compile than to run
     )
-    row = next(iter(rows), None)
-    if row is None:
-        return None
+    return {row.pop("prefix"): _plan_applied(row) for row in rows}
+
+
+def _plan_applied(row: dict) -> dict:
+    """A record from its row: the tier's plan if the user has a tier for the key's product, else Free."""
     has_tier = row.pop("tier__id") is not None
     tier_plan = {field: row.pop(f"tier__plan__{field}") for field in PLAN_FIELDS}
     free_plan = {field: row.pop(f"free_{field}") for field in PLAN_FIELDS}
@@ -271,8 +280,9 @@ def resolve_key_uncached(raw: str) -> Entitlement | Denial:
 async def resolve_key_async(raw: str, redis: redis.asyncio.Redis) -> Entitlement | Denial:
     """``resolve_key`` on the event loop: the cached record is read with *redis* (no thread), in the same round trip
     as the prefix's membership of the issued prefixes; a miss for a prefix never issued is refused as unknown at
-    once, any other miss loads the record in a worker thread (one query) and writes it to the cache without waiting
-    for the write. While the set is not seeded, a miss also starts seeding it.
+    once, any other miss loads the record in a worker thread (one query, shared with the misses that come meanwhile:
+    `RecordBatches`) and writes it to the cache without waiting for the write. While the set is not seeded, a miss
+    also starts seeding it.
 
     Raises what Redis or the database raise: the caller must fail closed.
     """
@@ -293,7 +303,7 @@ async def resolve_key_async(raw: str, redis: redis.asyncio.Redis) -> Entitlement
             return _decide(prefix, secret, MISSING, None)
         if not seeded:
             _seed_behind(redis)
-        record = await database_sync_to_async(_load_record, thread_sensitive=False)(prefix) or MISSING
+        record = await RecordBatches.for_loop(load_records).record(prefix) or MISSING
         _write_behind(redis, key, record)
     return _decide(prefix, secret, record, None)
 

@@ -26,10 +26,10 @@ async def client():
 def refuse_database(monkeypatch) -> None:
     """From now on loading a record from the database fails: what still resolves came from the cache."""
 
-    def refuse(prefix: str):
+    def refuse(prefixes: list[str]):
         raise AssertionError("the database was queried")
 
-    monkeypatch.setattr(keys, "_load_record", refuse)
+    monkeypatch.setattr(keys, "load_records", refuse)
 
 
 async def settle_cache_writes() -> None:

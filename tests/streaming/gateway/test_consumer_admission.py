@@ -344,19 +344,19 @@ async def test_a_recheck_that_cannot_read_the_key_waits_and_tries_again(applicat
     monkeypatch.setattr(admission, "RECHECK_RETRY_SECONDS", 0.05)
     user, options_key, _ = customer
     communicator = await admitted(application, options_key)
-    real_load = keys._load_record
+    real_load = keys.load_records
     attempts = asyncio.Queue()
 
-    def failing_load(prefix):
-        attempts.put_nowait(prefix)
+    def failing_load(prefixes):
+        attempts.put_nowait(prefixes)
         raise RuntimeError("database unreachable")
 
-    monkeypatch.setattr(keys, "_load_record", failing_load)
+    monkeypatch.setattr(keys, "load_records", failing_load)
     await database_sync_to_async(_revoke)(user)  # evicts the cached record and announces the change
     for _ in range(3):  # the re-check keeps trying; the stream stays open meanwhile
         await asyncio.wait_for(attempts.get(), TIMEOUT)
     assert await communicator.receive_nothing(0.05)
-    monkeypatch.setattr(keys, "_load_record", real_load)
+    monkeypatch.setattr(keys, "load_records", real_load)
     events, code = await frames_until_close(communicator)
     assert code == codes.CloseCode.UNAUTHORIZED and "revoked" in events[-1]["message"]
 
