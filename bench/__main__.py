@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                                                           log=log, **config["admission"])
         if "idle" in scenarios:
             log("4. idle connections")
-            idle_config = dict(config["idle"])
+            idle_config = dict(config["idle"], **({"runs": options.runs} if options.runs else {}))
             idle_targets = [t for t in targets if t.kind == "daphne"]
             results["scenarios"]["idle"] = idle(env, idle_targets, processes=processes, log=log, **idle_config)
         if "slow" in scenarios:
