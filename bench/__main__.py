@@ -75,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
                              "on the upstream itself); SOURCE another source tree")
     parser.add_argument("--clients", type=int, nargs="+", help="firehose client counts")
     parser.add_argument("--rate", type=float, help="firehose upstream rate (options events/s)")
+    parser.add_argument("--idle-steps", type=int, nargs="+", metavar="N",
+                        help="idle connections to measure at (default 1000 5000 10000; one bench user each)")
+    parser.add_argument("--idle-cpu-window", type=float, metavar="SECONDS",
+                        help="how long the idle scenario measures CPU at each step (default 5; 25 covers one "
+                             "keep-alive ping of every connection)")
     parser.add_argument("--name", help="results file name (default: quick or full, with a timestamp)")
     parser.add_argument("--no-plot", action="store_true")
     options = parser.parse_args(argv)
@@ -90,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         config["firehose"]["client_counts"] = options.clients
     if options.rate:
         config["firehose"]["rate"] = options.rate
+    if options.idle_cpu_window:
+        config["idle"]["cpu_window"] = options.idle_cpu_window
+    if options.idle_steps:
+        config["idle"]["steps"] = sorted(options.idle_steps)
+        config["users"] = max(config["users"], config["idle"]["steps"][-1])
     fd_limit = raise_open_file_limit()
     started = time.time()
 

@@ -200,8 +200,10 @@ class Server:
             **(extra_env or {}),
         )
         if kind == "daphne":
+            # BENCH_DAPHNE_ARGS: more daphne options for an experiment (e.g. "--ping-interval 600": no keep-alive)
             command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                       "--websocket_timeout", "-1", "cutemarkets.asgi:application"]
+                       "--websocket_timeout", "-1", *os.environ.get("BENCH_DAPHNE_ARGS", "").split(),
+                       "cutemarkets.asgi:application"]
         elif kind == "uvicorn":
             command = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(self.port),
                        "--ws", "websockets-sansio", "--no-access-log", "--log-level", "warning",

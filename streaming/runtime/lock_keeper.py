@@ -49,6 +49,7 @@ class LockKeeper:
         self._kept: dict[Lease, OnLost] = {}
         self._tasks = BackgroundTasks()  # the refresh loop, while anything is kept
         self._changed = asyncio.Event()
+        self._wake_at = 0.0  # when the refresh loop wakes up next (it recomputes its schedule then)
 
     @classmethod
     def for_loop(cls) -> LockKeeper:
@@ -64,8 +65,10 @@ class LockKeeper:
         self._kept[lease] = on_lost
         if not self._tasks:
             self._tasks.spawn(self._run())
-        else:
-            self._changed.set()  # its TTL may be shorter than the others': the keeper's next wake-up may move
+        elif min(lease.confirmed_at + lease.refresh_interval, give_up_at(lease)) < self._wake_at:
+            # Due before the loop's next wake-up (a shorter TTL than the others'): it must plan again. Usually not:
+            # a new lease is due last, and waking for each would cost a pass over all of them per admission.
+            self._changed.set()
 
     def forget(self, lease: Lease) -> None:
         """Stop refreshing *lease* (before releasing it). Safe to repeat."""
@@ -92,7 +95,7 @@ class LockKeeper:
                 lease.confirmed_at + lease.refresh_interval  # type: ignore[operator]  # kept leases are confirmed
                 for lease in self._kept
             )
-            deadline = min(next_refresh, min(map(give_up_at, self._kept)))
+            deadline = self._wake_at = min(next_refresh, min(map(give_up_at, self._kept)))
             await self._sleep_until(deadline)
             cancellation.check()
             now = time.monotonic()

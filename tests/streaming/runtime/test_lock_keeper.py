@@ -44,8 +44,10 @@ class Losses:
                 await self.changed.wait()
 
 
-async def acquired_locks(client: redis.asyncio.Redis, count: int, first_user: int = 1000) -> list[ConnectionLock]:
-    locks = [ConnectionLock(client, first_user + number, ttl=TTL) for number in range(count)]
+async def acquired_locks(
+    client: redis.asyncio.Redis, count: int, first_user: int = 1000, ttl: float = TTL
+) -> list[ConnectionLock]:
+    locks = [ConnectionLock(client, first_user + number, ttl=ttl) for number in range(count)]
     pipeline = client.pipeline(transaction=False)
     for lock in locks:
         pipeline.delete(lock.key)
@@ -96,6 +98,21 @@ async def test_every_lock_is_kept_past_its_ttl_with_one_batch_of_round_trips_per
     assert intervals - 1 <= refreshes <= intervals + 1  # each lock once per interval
     round_trips_per_refresh = -(-LOCKS // LOCKS_PER_ROUND_TRIP)
     assert round_trips() - round_trips_before <= (refreshes + 1) * round_trips_per_refresh  # not one per lock
+
+
+async def test_a_lock_with_a_shorter_ttl_kept_after_the_others_is_refreshed_in_its_own_time(client, keeper):
+    """The keeper plans its next wake-up for the locks it has; a newcomer due earlier must move that plan."""
+    locks = await acquired_locks(client, 3, ttl=10 * TTL)  # the keeper first sleeps for a third of 10 TTLs
+    losses = Losses()
+    for lock in locks:
+        keeper.keep(lock, losses.callback(lock.user_id))
+    await asyncio.sleep(0)  # the keeper has planned its sleep
+    (short,) = await acquired_locks(client, 1, first_user=2000)
+    keeper.keep(short, losses.callback(short.user_id))
+
+    await asyncio.sleep(3 * TTL)  # what is under test is the passage of time: three of its TTLs
+    assert await client.get(short.key) == short.token.encode()
+    assert losses.reasons == {}
 
 
 async def test_a_lock_taken_over_is_reported_lost_alone_and_no_longer_refreshed(client, keeper):
