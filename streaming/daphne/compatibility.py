@@ -148,6 +148,8 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Attribute(_TRANSPORT, "_writeDisconnected", "no direct writes after a write shutdown"),
     Attribute(_TRANSPORT, "bufferSize", "the high-water mark that pauses flow control"),
     Method(_PROTOCOL, "sendPong", ("self", "payload"), "answers a ping once the socket drains"),
+    Method(_PROTOCOL, "sendPing", ("self", "payload"), "patched: pings written straight to the socket", exact=True),
+    Reference(_PROTOCOL, "_sendAutoPing", "sendPing", "the keep-alive ping goes through it"),
     # streaming.daphne.pings
     Method(_PROTOCOL, "onPing", ("self", "payload"), "patched: the ping budget", exact=True),
     Reference("autobahn.twisted.websocket:WebSocketAdapterProtocol", "_onPing", "onPing", "autobahn's ping callback"),

@@ -21,7 +21,7 @@ from typing import Any
 from streaming.daphne import compatibility
 from streaming.daphne.access_log import patched_write_entry
 from streaming.daphne.close import patched_handle_reply
-from streaming.daphne.flow_control import patched_create_application
+from streaming.daphne.flow_control import patched_create_application, patched_send_ping
 from streaming.daphne.handshake_deadline import (
     patched_all_headers_received,
     patched_connection_lost,
@@ -77,6 +77,7 @@ def install() -> bool:
     _patch(server_module.Server, "kill_all_applications", patched_kill_all_applications)
     _patch(AccessLogGenerator, "write_entry", patched_write_entry)
     _patch(WebSocketProtocol, "onPing", patched_on_ping)
+    _patch(WebSocketProtocol, "sendPing", patched_send_ping)
     _patch(WebSocketProtocol, "onMessage", patched_on_message)
     _patch(WebSocketProtocol, "sendCloseFrame", patched_send_close_frame)
     _patch(WebSocketProtocol, "_max_message_size_exceeded", patched_max_message_size_exceeded)

@@ -5,6 +5,7 @@ for the outcome each rule causes (a ping, a close, a cancelled application), nev
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from streaming.daphne.lifecycle import KeepAlive
 from tests.reliability.test_malformed_handshakes import client_frame, read_frame, upgrade_request
 from tests.streaming.daphne.test_shim import Daphne, wait_for
 
@@ -136,3 +138,45 @@ def test_an_http_request_past_its_timeout_gets_503(server: Daphne) -> None:
     with pytest.raises(urllib.error.HTTPError) as answered:
         urllib.request.urlopen(f"http://127.0.0.1:{server.port}/hang", timeout=OUTCOME_TIMEOUT_SECONDS)
     assert answered.value.code == 503
+
+
+# --- KeepAlive, without daphne ------------------------------------------------------------------------------------
+
+
+class Quiet:
+    """A WebSocket protocol as KeepAlive sees it: its state, when it last heard from the client, the pings sent."""
+
+    STATE_CONNECTING, STATE_OPEN, STATE_CLOSED = 0, 1, 3
+
+    def __init__(self, last_heard: float) -> None:
+        self.state = self.STATE_OPEN
+        self.last_ping = last_heard
+        self.pings = 0
+        self.pinged = asyncio.Event()
+
+    def _sendAutoPing(self) -> None:
+        self.pings += 1
+        self.pinged.set()
+
+    async def next_ping(self) -> None:
+        self.pinged.clear()
+        await asyncio.wait_for(self.pinged.wait(), OUTCOME_TIMEOUT_SECONDS)
+
+
+async def test_keep_alive_pings_the_quiet_connections_due_and_files_every_open_one_an_interval_on() -> None:
+    keep_alive = KeepAlive(interval=2.0)
+    started = time.time()
+    due = started + keep_alive.interval
+    quiet, also_quiet, closed = (Quiet(last_heard=started) for _ in range(3))
+    talking = Quiet(last_heard=due)  # a message came in at the moment it was due: the interval starts again
+    for protocol in (quiet, also_quiet, talking, closed):
+        keep_alive.file(protocol, due)
+    closed.state = Quiet.STATE_CLOSED
+
+    await quiet.next_ping()
+    assert (quiet.pings, also_quiet.pings, talking.pings, closed.pings) == (1, 1, 0, 0)  # one tick: both quiet ones
+    assert len(keep_alive) == 3  # the closed one is dropped, the others filed an interval on
+
+    keep_alive.forget(also_quiet)
+    await asyncio.gather(quiet.next_ping(), talking.next_ping())
+    assert (quiet.pings, also_quiet.pings, talking.pings) == (2, 1, 1)
