@@ -37,6 +37,7 @@ MAX_CONNECTIONS_FRAME = b'[{"ev":"status","status":"max_connections","message":"
 REDIS_PREFIX = "cm:bench-ceiling:"
 RECORD_TTL_SECONDS = 300  # the gateway's key cache
 LOCK_TTL_MS = 30_000  # the gateway's STREAM_LOCK_TTL
+REDIS_CONNECTIONS = 64  # the gateway's pool
 BACKLOG_LIMIT_BYTES = 4 * 1024 * 1024
 
 
@@ -177,8 +178,15 @@ class Ceiling:
                 self.symbol_groups.get(key, set()).discard(group)
 
 
+def registry_client(url: str) -> redis.asyncio.Redis:
+    """Like the gateway's: a bounded pool that waits for a free connection (a plain pool refuses the 101st
+    concurrent command, and the closes of a storm's connections come all at once)."""
+    pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=REDIS_CONNECTIONS)
+    return redis.asyncio.Redis(connection_pool=pool)
+
+
 async def main_async(options: argparse.Namespace) -> None:
-    registry = redis.asyncio.Redis.from_url(options.redis) if options.redis else None
+    registry = registry_client(options.redis) if options.redis else None
     ceiling = Ceiling(options.upstream, options.api_key, registry)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
