@@ -162,6 +162,9 @@ async def run_stream(job: StreamJob, pipe) -> None:
     await asyncio.sleep(max(0.0, end - time.time()) + 0.2)
     for reader in readers + watchers:
         reader.cancel()
+    for websocket, is_slow in zip(connections, slow, strict=False):
+        if is_slow:  # a close handshake would wait behind everything the server queued for it (10 s and more)
+            websocket.transport.abort()
     await asyncio.gather(*(ws.close() for ws in connections), return_exceptions=True)
     pipe.send(("result", {
         "events": recorder.events,

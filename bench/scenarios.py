@@ -283,8 +283,6 @@ def admission(env: Environment, targets: list[Target], *, admissions: int, concu
         try:
             time.sleep(SERVER_SETTLE_SECONDS)
             for phase in ("warmup", "cold", "warm"):
-                if phase == "warm":
-                    time.sleep(1.0)  # the cold pass's locks are released after its closes
                 phase_keys = warmup_keys if phase == "warmup" else keys
                 before = redis_commandstats(env)
                 workers = Workers([AdmitJob(server.url(), part, max(1, concurrency // processes))
@@ -300,7 +298,7 @@ def admission(env: Environment, targets: list[Target], *, admissions: int, concu
                     workers.ask(("close",), "closed")
                 finally:
                     workers.close()
-                time.sleep(1.0)  # let the closes' cleanup finish before counting Redis commands
+                env.wait_for_released_locks()  # the closes' clean-up is done: count its Redis commands, free the keys
                 if phase == "warmup":
                     continue
                 after = redis_commandstats(env)

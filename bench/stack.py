@@ -105,6 +105,9 @@ class Environment:
             "REDIS_URL": self.redis.url,
             "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
+            # The bench upstream stands for a feed account whose quote limit was raised: the selective scenario
+            # quotes ~4,000 option contracts through one upstream connection; the real feed's default is 1,000.
+            "STREAM_UPSTREAM_OPTION_QUOTE_CONTRACTS": "1000000",
             **extra,
         }
 
@@ -120,6 +123,18 @@ class Environment:
         client.flushall()
         client.config_resetstat()
         client.close()
+
+    def wait_for_released_locks(self, timeout: float = 10.0) -> None:
+        """Until no connection lock (the gateway's or the ceiling's) is left in Redis: the closes' clean-up is done."""
+        client = self.redis_client()
+        deadline = time.monotonic() + timeout
+        try:
+            while held := [key for pattern in LOCK_PATTERNS for key in client.scan_iter(match=pattern, count=1000)]:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{len(held)} connection locks still held after {timeout:g} s")
+                time.sleep(0.02)
+        finally:
+            client.close()
 
     def close(self) -> None:
         if self.redis is not None:
@@ -161,6 +176,8 @@ class Upstream:
 
 
 SERVERS = ("daphne", "uvicorn", "ceiling", "direct")
+LOCK_PATTERNS = ("cm:stream-lock:user:*", "cm:bench-ceiling:lock:*")
+"""Redis keys of the gateway's connection locks (streaming/runtime/lock.py) and of the ceiling's (bench/ceiling.py)."""
 LOAD_FROM_ONE_ADDRESS = {
     "STREAM_ADDRESS_HANDSHAKE_RATE": "100000",
     "STREAM_ADDRESS_HANDSHAKE_BURST": "100000",
