@@ -193,6 +193,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Reference(_PROTOCOL, "check_timeouts", "websocket_connect_timeout", "the rules the timers keep"),
     Reference(_PROTOCOL, "check_timeouts", "last_ping", "a ping is due once nothing came for an interval"),
     Reference(_PROTOCOL, "onMessage", "last_ping", "every message from the client postpones the ping"),
+    Attribute(_PROTOCOL, "last_ping", "a client's ping postpones daphne's keep-alive ping too"),
     Reference("daphne.http_protocol:WebRequest", "check_timeouts", "http_timeout", "what the HTTP timer enforces"),
     Attribute(_SERVER, "ping_interval", "the keep-alive timer's interval"),
     Attribute(_SERVER, "websocket_connect_timeout", "the handshake timer"),

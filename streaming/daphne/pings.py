@@ -5,11 +5,13 @@ of a core on pongs (and its neighbours wait behind them), and one that never rea
 them without bound. Every connection gets a token bucket of ``STREAM_CLIENT_PING_RATE`` pings per second with bursts
 of ``STREAM_CLIENT_PING_BURST`` (clients ping every few tens of seconds); a client over it gets one ``error``
 status and close 1008. Pongs go out through ``FlowControl.pong``, which holds at most one while the client is not
-reading.
+reading. A ping within the budget is a sign of life like a message: it postpones daphne's own keep-alive ping (the
+official clients ping every 20 s, so they need none of ours).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -64,6 +66,7 @@ def patched_on_ping(original: Callable[..., None]) -> Callable[..., None]:
             metrics.socket_dropped("ping_flood")
             refuse_flood(self, budget.rate)
             return
+        self.last_ping = time.time()  # daphne's keep-alive clock (see the module docstring)
         flow_control = FlowControl.of(self)
         if flow_control is None:
             original(self, payload)
