@@ -58,7 +58,7 @@ LOCK_REFRESH_FAILURES = Counter(
 )
 LOCK_REFRESH_ROUND_TRIPS = Counter(
     "cutemarkets_stream_lock_refresh_round_trips",
-    "Pipelined round trips of this process's lock keeper, each refreshing up to 1,000 connection locks.",
+    "Round trips of this process's lock keeper (one script call each), each refreshing up to 1,000 connection locks.",
 )
 LOCKS_REFRESHED = Counter(
     "cutemarkets_stream_locks_refreshed", "Connection locks refreshed by this process's lock keeper."
