@@ -22,7 +22,9 @@ from pathlib import Path
 
 import psutil
 
+from bench import ceiling
 from devstack.redis_server import RedisServer
+from streaming.runtime import lock
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 UPSTREAM_KEY = "bench-upstream-key"
@@ -176,8 +178,8 @@ class Upstream:
 
 
 SERVERS = ("daphne", "uvicorn", "ceiling", "direct")
-LOCK_PATTERNS = ("cm:stream-lock:user:*", "cm:bench-ceiling:lock:*")
-"""Redis keys of the gateway's connection locks (streaming/runtime/lock.py) and of the ceiling's (bench/ceiling.py)."""
+LOCK_PATTERNS = (f"{lock.KEY_PREFIX}*", f"{ceiling.REDIS_PREFIX}lock:*")
+"""Redis keys of the gateway's connection locks and of the ceiling's."""
 LOAD_FROM_ONE_ADDRESS = {
     "STREAM_ADDRESS_HANDSHAKE_RATE": "100000",
     "STREAM_ADDRESS_HANDSHAKE_BURST": "100000",

@@ -42,7 +42,7 @@ _DUE_ATTRIBUTE = "_cutemarkets_ping_due"
 def _call_later(protocol: Any, delay: float, callback: Callable[..., None], *args: Any) -> None:
     """Schedule *callback* (protocol, *args) on the event loop daphne's reactor runs on; a later call for the same
     callback replaces it, and all are cancelled when the protocol disconnects. Plain asyncio timer handles, not
-    Twisted's ``DelayedCall``: one lives per idle WebSocket, so its size and cost count."""
+    Twisted's ``DelayedCall``: a new WebSocket holds one (its handshake's) for its first 20 s."""
     timers: dict[Callable[..., None], asyncio.TimerHandle] | None = getattr(protocol, _TIMERS_ATTRIBUTE, None)
     if timers is None:
         timers = {}

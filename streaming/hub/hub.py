@@ -133,7 +133,7 @@ class UpstreamHub:
         Raises SubscriptionRefused, before anything changes, when the items would take the feed connection over
         its limits, and UpstreamError when the upstream could not be opened or was lost meanwhile.
         """
-        self._claim(self.capacity.limited(items))
+        self._claim(items)
         self._reserved.update(items)
         self._changed.update(items)
         try:
@@ -171,8 +171,8 @@ class UpstreamHub:
     def claiming(self, items: list[Subscription]) -> Iterator[None]:
         """Hold the feed connection's capacity for all of a request's *items* while they are subscribed in steps,
         so that the request is refused whole (`SubscriptionRefused`, on entering) or not at all."""
+        self._claim(items)
         limited = self.capacity.limited(items)
-        self._claim(limited)
         self._reserved.update(limited)
         try:
             yield
@@ -190,8 +190,8 @@ class UpstreamHub:
             self._changed.update(unneeded)
             self._background.spawn(self._sync_upstream())
 
-    def _claim(self, limited: list[Subscription]) -> None:
-        refusal = self.capacity.claim(limited)
+    def _claim(self, items: list[Subscription]) -> None:
+        refusal = self.capacity.claim(items)
         if refusal is not None:
             raise SubscriptionRefused(refusal)
 

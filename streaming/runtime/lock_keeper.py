@@ -4,9 +4,9 @@ A `hold` task per connection costs a task, a timer and a Redis call per lock eve
 connections made ~1,000 calls/s through the shared pool, and admissions waited behind them for a connection (1011
 "the connection registry is unavailable"). The keeper refreshes every lock it holds once per interval, in one call of
 a small script per ``LOCKS_PER_ROUND_TRIP`` locks (so Redis serves other clients between batches, each about a
-millisecond of its time). Each lock keeps its own TTL in
-Redis, so the locks of a process that dies still expire on their own. Loss is reported per lock, with `hold`'s
-rules: LOST when its key is gone or holds another token, UNREACHABLE when it could not be confirmed in time.
+millisecond of its time). Each lock keeps its own TTL in Redis, so the locks of a process that dies still expire on
+their own. Loss is reported per lock, with `hold`'s rules: LOST when its key is gone or holds another token,
+UNREACHABLE when it could not be confirmed in time.
 """
 
 from __future__ import annotations

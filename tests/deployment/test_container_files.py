@@ -152,7 +152,7 @@ def test_the_entrypoint_raises_the_open_file_limit_for_whatever_it_runs():
     assert soft >= min(WANTED_OPEN_FILES, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
 
 
-def test_make_run_raises_the_open_file_limit_it_hands_to_daphne():
+def test_the_open_file_helper_of_make_run_and_the_bench_raises_the_limit():
     report = ("from devstack.open_files import raise_open_file_limit; import resource; "
               "print(raise_open_file_limit(), *resource.getrlimit(resource.RLIMIT_NOFILE))")
     ran = subprocess.run([sys.executable, "-c", report], preexec_fn=lowered_open_file_limit, cwd=PROJECT_DIR,
