@@ -135,6 +135,7 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         self._tasks.cancel()
         if self.outbox is not None:
             self.outbox.stop()
+            metrics.FORWARDED.retire(self.market, self.outbox)
         if self.hub is not None:
             hub, self.hub = self.hub, None
             hub.detach(self)
@@ -166,10 +167,8 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         """Admitted: confirm it, then serve the stream through a bounded outbox, shared with the hub's frames."""
         await self.send(codes.AUTH_SUCCESS_FRAME)
         self.hub = UpstreamHub.for_market(self.market)
-        self._forwarded = metrics.ForwardedCounter(self.market)
-        self.outbox = Outbox(
-            self._send_frame, stream_settings().client_buffer_bytes, get_flow_control(self.scope), self._count_sent
-        )
+        self.outbox = Outbox(self._send_frame, stream_settings().client_buffer_bytes, get_flow_control(self.scope))
+        metrics.FORWARDED.track(self.market, self.outbox)
         self.outbox.start()
         self.phase = Phase.ADMITTED
 
@@ -208,9 +207,6 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
     async def _send_frame(self, frame: bytes) -> None:
         # The outbox's path when the server is not daphne: straight to the server, past Channels' wrappers.
         await self.base_send({"type": "websocket.send", "text": frame.decode()})
-
-    def _count_sent(self, frame: bytes) -> None:
-        self._forwarded.add(1, len(frame))
 
     def queue(self, frames: list[bytes]) -> None:
         """After admission everything goes through the outbox, so acks stay in order with data."""

@@ -9,19 +9,59 @@ Frames that queue up behind a busy socket (or behind a busy process) leave as on
 into a single JSON array, up to the frame size limit, keeping the order. Each send costs the server (and the client)
 the same whatever its size, so a client that fell behind catches up in a few large frames instead of many small ones.
 
-Two ways out. Under daphne (a ``FlowControl`` given) frames are written straight to the socket by a callback that
-``put`` schedules once per event-loop turn: the hub routes a whole batch of upstream frames in one turn, and each
-client then writes once. Elsewhere (uvicorn, test communicators) a writer task awaits the ASGI ``send`` per frame.
+Two ways out. Under daphne (a ``FlowControl`` given) frames are written straight to the socket in the event-loop turn
+after ``put``, by one callback for all the outboxes that have something to write (``FlushTurn``): the hub routes a
+whole batch of upstream frames in one turn, and each client then writes once. Elsewhere (uvicorn, test
+communicators) a writer task awaits the ASGI ``send`` per frame.
+
+Each outbox counts what it hands to the socket (``frames_sent``, ``bytes_sent``) as plain integers, which the
+metrics sum when scraped (``metrics.ForwardedTotals``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
 from streaming.daphne.flow_control import FlowControl
 from streaming.hub.index import MAX_FRAME_BYTES
+from streaming.runtime.loop_local import LoopLocal
+
+logger = logging.getLogger(__name__)
+
+
+class FlushTurn:
+    """The outboxes with frames to write, written in the next event-loop turn by one callback.
+
+    A ``call_soon`` per outbox (a handle made, queued and run for each of a thousand clients an upstream frame
+    reaches) cost more than the writing it scheduled; the order of the writes stays the order of the ``put`` calls.
+    """
+
+    _turns: LoopLocal[FlushTurn] = LoopLocal()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._due: list[Outbox] = []
+
+    @classmethod
+    def current(cls) -> FlushTurn:
+        """The running loop's turn (one per process under daphne)."""
+        return cls._turns.get(lambda: cls(asyncio.get_running_loop()))
+
+    def schedule(self, outbox: Outbox) -> None:
+        if not self._due:
+            self._loop.call_soon(self._run)
+        self._due.append(outbox)
+
+    def _run(self) -> None:
+        due, self._due = self._due, []
+        for outbox in due:
+            try:
+                outbox.flush()
+            except Exception:  # one client's failure must not keep the others' frames back
+                logger.exception("writing to a client failed")
 
 
 class Outbox:
@@ -30,12 +70,13 @@ class Outbox:
         send: Callable[[bytes], Awaitable[None]],
         limit_bytes: int,
         flow_control: FlowControl | None = None,
-        on_sent: Callable[[bytes], None] | None = None,
     ) -> None:
         self._send = send
         self.limit_bytes = limit_bytes
         self._flow_control = flow_control
-        self._on_sent = on_sent
+        self._turn = FlushTurn.current() if flow_control is not None else None
+        self.frames_sent = 0
+        self.bytes_sent = 0
         self._frames: deque[bytes] = deque()
         self._queued_bytes = 0
         self._ready = asyncio.Event() if flow_control is None else None  # the ASGI writer task's wake-up
@@ -62,9 +103,9 @@ class Outbox:
         self._queued_bytes += size
         if self._ready is not None:
             self._ready.set()
-        elif not self._flush_scheduled and self._writer is None:
+        elif self._turn is not None and not self._flush_scheduled and self._writer is None:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._turn.schedule(self)
         return True
 
     def stop(self) -> None:
@@ -76,8 +117,9 @@ class Outbox:
         self._frames.clear()
         self._queued_bytes = 0
 
-    def _flush(self) -> None:
-        """Write what is queued while the socket drains; when it stops draining, wait for it in a task."""
+    def flush(self) -> None:
+        """Write what is queued while the socket drains; when it stops draining, wait for it in a task
+        (``FlushTurn`` calls it)."""
         self._flush_scheduled = False
         flow_control = self._flow_control
         assert flow_control is not None  # only the direct path flushes
@@ -88,13 +130,13 @@ class Outbox:
                 return
             frame = self._next_frame()
             flow_control.write_text(frame)
-            if self._on_sent is not None:
-                self._on_sent(frame)
+            self.frames_sent += 1
+            self.bytes_sent += len(frame)
 
     async def _flush_when_writable(self, flow_control: FlowControl) -> None:
         await flow_control.wait_writable()
         self._writer = None
-        self._flush()
+        self.flush()
 
     async def _drain(self, ready: asyncio.Event) -> None:
         while True:
@@ -103,8 +145,8 @@ class Outbox:
                 await ready.wait()
             frame = self._next_frame()
             await self._send(frame)
-            if self._on_sent is not None:
-                self._on_sent(frame)
+            self.frames_sent += 1
+            self.bytes_sent += len(frame)
 
     def _next_frame(self) -> bytes:
         """The first queued frame, merged with those behind it into one array while it stays under the limit."""

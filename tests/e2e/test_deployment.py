@@ -197,6 +197,8 @@ async def test_metrics_follow_admissions_and_rejections(gateway_factory, browser
     before = scrape(gateway.port)
     async with connect(gateway.url("/v1/ws/options/"), additional_headers=bearer(browser_key)) as websocket:
         await expect_statuses(websocket, "connected", "auth_success")
+        await websocket.send('{"action":"dance"}')
+        answer = await websocket.recv()  # an error status, sent like market data, through the outbox
         second = await rejected(gateway.url("/v1/ws/options/"), bearer(browser_key))
         assert second.close_code == codes.CloseCode.ALREADY_CONNECTED
         invalid = await rejected(gateway.url("/v1/ws/options/"), bearer("cmo_" + "x" * 12 + "_" + "y" * 40))
@@ -213,6 +215,9 @@ async def test_metrics_follow_admissions_and_rejections(gateway_factory, browser
         assert increase(during, "cutemarkets_stream_rejections_total", market="options", code=str(code)) == 1
     normal_closure = str(codes.CloseCode.NORMAL_CLOSURE)
     assert increase(after, "cutemarkets_stream_closes_total", market="options", code=normal_closure) == 1
+    for samples in (during, after):  # counted while the connection lives, kept once it closed
+        assert increase(samples, "cutemarkets_stream_forwarded_frames_total", market="options") == 1
+        assert increase(samples, "cutemarkets_stream_forwarded_bytes_total", market="options") == len(answer.encode())
 
 
 async def wait_for_metric(port: int, name: str, expected: float, **labels: str) -> dict:

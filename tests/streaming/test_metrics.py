@@ -34,6 +34,7 @@ def test_every_series_with_known_labels_exists_from_the_start():
     for market in ("options", "stocks"):
         assert sample("cutemarkets_stream_connections", market=market) is not None
         assert sample("cutemarkets_upstream_reconnects_total", market=market) is not None
+        assert sample("cutemarkets_stream_forwarded_frames_total", market=market) is not None
     for reason in ("lost", "unreachable"):
         assert sample("cutemarkets_stream_lock_refresh_failures_total", reason=reason) is not None
 
@@ -68,12 +69,29 @@ def test_labels_stay_bounded_whatever_the_client_sends():
     assert sample("cutemarkets_stream_rejections_total", market="crypto-" + "x" * 50, code="4001") is None
 
 
-def test_forwarded_frames_and_bytes():
+class Sent:
+    def __init__(self) -> None:
+        self.frames_sent = 0
+        self.bytes_sent = 0
+
+
+def test_forwarded_frames_and_bytes_are_summed_from_live_connections_and_kept_when_they_close():
     changes = Changes()
-    metrics.ForwardedCounter("stocks").add(3, 1200)
-    assert changes("cutemarkets_stream_forwarded_frames_total", market="stocks") == 3
-    assert changes("cutemarkets_stream_forwarded_bytes_total", market="stocks") == 1200
+    first, second = Sent(), Sent()
+    metrics.FORWARDED.track("stocks", first)
+    metrics.FORWARDED.track("stocks", second)
+    first.frames_sent, first.bytes_sent = 3, 1200
+    second.frames_sent, second.bytes_sent = 1, 100
+    assert changes("cutemarkets_stream_forwarded_frames_total", market="stocks") == 4
+    assert changes("cutemarkets_stream_forwarded_bytes_total", market="stocks") == 1300
     assert changes("cutemarkets_stream_forwarded_frames_total", market="options") == 0
+    metrics.FORWARDED.retire("stocks", first)
+    metrics.FORWARDED.retire("stocks", first)  # a second close counts nothing twice
+    first.frames_sent = 1000  # no longer looked at
+    second.frames_sent = 2
+    assert changes("cutemarkets_stream_forwarded_frames_total", market="stocks") == 5
+    metrics.FORWARDED.retire("stocks", second)
+    assert changes("cutemarkets_stream_forwarded_frames_total", market="stocks") == 5
 
 
 def test_upstream_state_and_reconnects():

@@ -92,18 +92,57 @@ async def test_merged_frames_stay_under_the_frame_limit():
 
 
 async def test_direct_path_writes_once_per_turn_what_was_queued_in_it():
-    socket, sent = Socket(), []
-    outbox = Outbox(never_called, limit_bytes=10_000, flow_control=socket, on_sent=sent.append)
+    socket = Socket()
+    outbox = Outbox(never_called, limit_bytes=10_000, flow_control=socket)
     outbox.start()
     outbox.put([b'[{"n":1}]'])
     outbox.put([b'[{"n":2}]'])
     assert socket.written == []  # nothing is written from inside the caller's turn
     await asyncio.sleep(0)
-    assert socket.written == [b'[{"n":1},{"n":2}]'] and sent == socket.written
+    assert socket.written == [b'[{"n":1},{"n":2}]']
     outbox.put([b'[{"n":3}]'])
     await asyncio.sleep(0)
     assert socket.written[1:] == [b'[{"n":3}]']
     assert outbox.queued_bytes == 0
+    assert (outbox.frames_sent, outbox.bytes_sent) == (2, sum(map(len, socket.written)))
+
+
+async def test_one_turn_writes_every_outbox_in_the_order_they_were_given_frames():
+    written: list[tuple[str, bytes]] = []
+
+    class Named(Socket):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        def write_text(self, frame: bytes) -> None:
+            if self.name == "broken":
+                raise RuntimeError("this client's socket write failed")
+            written.append((self.name, frame))
+
+    outboxes = {name: Outbox(never_called, limit_bytes=1_000, flow_control=Named(name))
+                for name in ("a", "broken", "b")}
+    for outbox in outboxes.values():
+        outbox.start()
+    outboxes["b"].put([b'[{"n":1}]'])
+    outboxes["broken"].put([b'[{"n":2}]'])
+    outboxes["a"].put([b'[{"n":3}]'])
+    outboxes["b"].put([b'[{"n":4}]'])  # already due this turn: merged into b's one write
+    await asyncio.sleep(0)
+    assert written == [("b", b'[{"n":1},{"n":4}]'), ("a", b'[{"n":3}]')]
+    assert [outbox.frames_sent for outbox in outboxes.values()] == [1, 0, 1]
+
+
+async def test_the_asgi_path_counts_what_it_sent():
+    sink = AsgiSink()
+    outbox = Outbox(sink.send, limit_bytes=1_000)
+    outbox.start()
+    sink.gate.set()
+    outbox.put([b'[{"n":1}]', b'[{"n":22}]'])
+    await turns()
+    outbox.stop()
+    assert (outbox.frames_sent, outbox.bytes_sent) == (len(sink.frames), sum(map(len, sink.frames)))
+    assert sink.frames == [b'[{"n":1},{"n":22}]']  # merged: the count is of what left, not of what came in
 
 
 async def test_direct_path_holds_frames_while_the_socket_does_not_drain():
