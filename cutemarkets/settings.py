@@ -11,6 +11,11 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.checks.security.base import (
+    SECRET_KEY_INSECURE_PREFIX,
+    SECRET_KEY_MIN_LENGTH,
+    SECRET_KEY_MIN_UNIQUE_CHARACTERS,
+)
 from django.core.exceptions import ImproperlyConfigured
 
 from cutemarkets import redis_config
@@ -50,6 +55,16 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def is_strong_secret_key(key: str) -> bool:
+    """Django's own rule for a secret key (``check --deploy``'s security.W009), from its own constants: a weak key
+    makes signed sessions, password reset links and CSRF tokens guessable."""
+    return (
+        len(key) >= SECRET_KEY_MIN_LENGTH
+        and len(set(key)) >= SECRET_KEY_MIN_UNIQUE_CHARACTERS
+        and not key.startswith(SECRET_KEY_INSECURE_PREFIX)
+    )
+
+
 DEBUG = env_bool("DJANGO_DEBUG", False)
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
@@ -60,6 +75,12 @@ if not SECRET_KEY:
             "(for local development set DJANGO_DEBUG=1, as `make run` does)."
         )
     SECRET_KEY = "insecure-local-development-key-never-use-in-production"
+elif not DEBUG and not is_strong_secret_key(SECRET_KEY):
+    raise ImproperlyConfigured(
+        f"DJANGO_SECRET_KEY is too weak for DJANGO_DEBUG off: it needs at least {SECRET_KEY_MIN_LENGTH} characters, "
+        f"at least {SECRET_KEY_MIN_UNIQUE_CHARACTERS} of them distinct, and must not start with "
+        f"{SECRET_KEY_INSECURE_PREFIX!r} (generate one: python -c 'import secrets; print(secrets.token_urlsafe(50))')."
+    )
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 if not ALLOWED_HOSTS:

@@ -22,6 +22,7 @@ except ImproperlyConfigured as error:
     print(f"ImproperlyConfigured: {error}", file=sys.stderr)
     sys.exit(3)
 """
+STRONG_SECRET = "settings-test-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"
 SENTINEL_ENV = {
     "REDIS_SENTINELS": "sentinel-a:26379, sentinel-b:26380",
     "REDIS_SENTINEL_MASTER": "gateway-master",
@@ -38,7 +39,7 @@ def load(*names: str, **env: str) -> dict:
 
 
 def run(*names: str, **env: str) -> subprocess.CompletedProcess:
-    clean = {key: value for key, value in os.environ.items() if not key.startswith(("REDIS_", "METRICS_", "LOG_"))}
+    clean = {key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "REDIS_", "METRICS_", "LOG_"))}
     return subprocess.run(
         [sys.executable, "-c", DUMP, *names],
         cwd=PROJECT_DIR, capture_output=True, text=True,
@@ -101,7 +102,7 @@ def test_a_misconfiguration_stops_the_process_naming_the_variable(env, named):
 
 
 def test_json_log_format_and_production_static_storage():
-    loaded = load("LOGGING", "STORAGES", LOG_FORMAT="json", DJANGO_DEBUG="0", DJANGO_SECRET_KEY="x")
+    loaded = load("LOGGING", "STORAGES", LOG_FORMAT="json", DJANGO_DEBUG="0", DJANGO_SECRET_KEY=STRONG_SECRET)
     assert loaded["LOGGING"]["handlers"]["console"]["formatter"] == "json"
     assert loaded["STORAGES"]["staticfiles"]["BACKEND"] == "whitenoise.storage.CompressedManifestStaticFilesStorage"
     assert load("LOGGING")["LOGGING"]["handlers"]["console"]["formatter"] == "plain"
@@ -109,3 +110,33 @@ def test_json_log_format_and_production_static_storage():
 
 def test_metrics_networks_default_to_loopback():
     assert load("METRICS_ALLOWED_NETWORKS")["METRICS_ALLOWED_NETWORKS"] == ["127.0.0.1/32", "::1/128"]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "short-but-varied-0123456789abcdefghijklmnopqrstu",  # 49 characters
+        "abcd" * 20,  # 80 characters, 4 distinct
+        "django-insecure-" + "0123456789abcdefghijklmnopqrstuvwxyz0123456789",  # what startproject writes
+    ],
+)
+def test_debug_off_refuses_a_weak_secret_key_naming_the_variable(key):
+    message = refusal(DJANGO_DEBUG="0", DJANGO_SECRET_KEY=key)
+    assert "DJANGO_SECRET_KEY is too weak" in message
+    assert key not in message
+
+
+def test_debug_off_refuses_a_missing_secret_key():
+    assert "DJANGO_SECRET_KEY must be set" in refusal(DJANGO_DEBUG="0")
+
+
+def test_a_key_that_meets_djangos_rule_starts_with_debug_off():
+    barely = "abcde" * 10  # 50 characters, 5 distinct: the least Django accepts
+    assert load("SECRET_KEY", "DEBUG", DJANGO_DEBUG="0", DJANGO_SECRET_KEY=barely) == {
+        "SECRET_KEY": barely, "DEBUG": False
+    }
+    assert load("SECRET_KEY", DJANGO_DEBUG="0", DJANGO_SECRET_KEY=STRONG_SECRET)["SECRET_KEY"] == STRONG_SECRET
+
+
+def test_debug_on_accepts_any_key_for_local_runs():
+    assert load("SECRET_KEY", DJANGO_SECRET_KEY="x")["SECRET_KEY"] == "x"
