@@ -233,10 +233,12 @@ LOGGING = {
 }
 
 # --- Operations: metrics access and graceful shutdown ------------------------------------------------------------
+# Loopback and the private ranges (RFC 1918, RFC 4193): the deployment's own network, where Prometheus runs.
+DEFAULT_METRICS_NETWORKS = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
 try:
     METRICS_ALLOWED_NETWORKS = tuple(
         ipaddress.ip_network(network, strict=False)
-        for network in env_list("METRICS_ALLOWED_NETWORKS", ["127.0.0.1/32", "::1/128"])
+        for network in env_list("METRICS_ALLOWED_NETWORKS", DEFAULT_METRICS_NETWORKS)
     )
 except ValueError as error:
     raise ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS must list networks like 10.0.0.0/8: {error}") from None

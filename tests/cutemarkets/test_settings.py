@@ -108,8 +108,13 @@ def test_json_log_format_and_production_static_storage():
     assert load("LOGGING")["LOGGING"]["handlers"]["console"]["formatter"] == "plain"
 
 
-def test_metrics_networks_default_to_loopback():
-    assert load("METRICS_ALLOWED_NETWORKS")["METRICS_ALLOWED_NETWORKS"] == ["127.0.0.1/32", "::1/128"]
+def test_metrics_networks_default_to_loopback_and_private_ranges():
+    assert load("METRICS_ALLOWED_NETWORKS")["METRICS_ALLOWED_NETWORKS"] == [
+        "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"
+    ]
+    assert load("METRICS_ALLOWED_NETWORKS", METRICS_ALLOWED_NETWORKS="10.1.0.0/16")["METRICS_ALLOWED_NETWORKS"] == [
+        "10.1.0.0/16"
+    ]
 
 
 @pytest.mark.parametrize(
