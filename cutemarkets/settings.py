@@ -86,6 +86,19 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::
 if not ALLOWED_HOSTS:
     raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS is set but empty.")
 
+# DJANGO_HTTPS declares that TLS ends at a proxy that sends X-Forwarded-Proto; without it (local runs) plain HTTP is
+# served as it is. The probes need no SECURE_REDIRECT_EXEMPT: cutemarkets.probes answers them before
+# SecurityMiddleware, so they never redirect and work over plain HTTP.
+HTTPS = env_bool("DJANGO_HTTPS", False)
+if HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_HSTS_SECONDS = int(env_float("DJANGO_HSTS_SECONDS", 365 * 24 * 3600, allow_zero=True))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",

@@ -112,13 +112,22 @@ def container_environment(name: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("name", [*GATEWAYS, *RELAYS])
-def test_a_plain_compose_up_starts_with_debug_off(name):
-    """Each service's settings load as the container loads them: debug off, so its default secret key must pass."""
+def test_a_plain_compose_up_passes_the_deploy_check_with_debug_off(name):
+    """Each service's settings load as the container loads them: debug off, so its default secret key must pass,
+    and ``check --deploy`` finds nothing to warn about."""
     environment = container_environment(name)
     assert "DJANGO_DEBUG" not in environment
-    loaded = subprocess.run([sys.executable, "-c", "from django.conf import settings; print(settings.DEBUG)"],
-                            cwd=PROJECT_DIR, env=environment, capture_output=True, text=True)
-    assert (loaded.returncode, loaded.stdout) == (0, "False\n"), loaded.stderr
+    checked = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+                             cwd=PROJECT_DIR, env=environment, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_the_image_and_compose_declare_the_tls_proxy():
+    assert image_environment()["DJANGO_HTTPS"] == "1"
+    for gateway in GATEWAYS:
+        assert container_environment(gateway)["DJANGO_HTTPS"] == "1"
+        # A laptop without a proxy: `DJANGO_HTTPS=0 docker compose up` serves plain HTTP.
+        assert interpolate(service(gateway)["environment"]["DJANGO_HTTPS"], {"DJANGO_HTTPS": "0"}) == "0"
 
 
 def test_the_simulator_is_the_default_upstream():
