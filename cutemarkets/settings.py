@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -108,6 +109,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "axes",
     "accounts",
     "streaming",
 ]
@@ -122,6 +124,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes requires: turns a lockout into its page
 ]
 
 ROOT_URLCONF = "cutemarkets.urls"
@@ -161,6 +164,22 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
 
 AUTH_USER_MODEL = "accounts.User"
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: a locked-out login is refused before its password is checked
+    "django.contrib.auth.backends.ModelBackend",
+]
+
+# Admin login lockouts (django-axes, attempts in the database): AXES_FAILURE_LIMIT failed logins for one username from
+# one address lock that pair out for the cool-off, which each further attempt restarts; the same username from other
+# addresses, and other usernames, still log in. The address is REMOTE_ADDR as daphne reports it (axes' own default):
+# the peer's, or behind the balancer (--proxy-headers, deploy/entrypoint.sh) the forwarded one, the same address the
+# stream's per-address budgets count.
+AXES_FAILURE_LIMIT = int(env_float("AXES_FAILURE_LIMIT", 5))
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("AXES_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True  # a login clears that pair's earlier failures
+AXES_ENABLE_ACCESS_FAILURE_LOG = True  # every failure stays on record after its lockout is cleared
+AXES_LOCKOUT_TEMPLATE = "accounts/lockout.html"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -98,6 +98,9 @@ def test_the_sentinels_own_password_is_separate():
         ({"METRICS_ALLOWED_NETWORKS": "10.0.0.0/8,intranet"}, "METRICS_ALLOWED_NETWORKS"),
         ({"GATEWAY_SHUTDOWN_TIMEOUT": "-1"}, "GATEWAY_SHUTDOWN_TIMEOUT"),
         ({"DJANGO_HTTPS": "proxy"}, "DJANGO_HTTPS"),
+        ({"AXES_FAILURE_LIMIT": "many"}, "AXES_FAILURE_LIMIT"),
+        ({"AXES_FAILURE_LIMIT": "0"}, "AXES_FAILURE_LIMIT"),
+        ({"AXES_COOLOFF_MINUTES": "0"}, "AXES_COOLOFF_MINUTES"),
         ({"DJANGO_HTTPS": "1", "DJANGO_HSTS_SECONDS": "-1"}, "DJANGO_HSTS_SECONDS"),
     ],
 )
@@ -204,3 +207,12 @@ def test_the_deploy_check_names_what_plain_http_lacks():
     assert result.returncode == 1
     for check in ("security.W004", "security.W008", "security.W012", "security.W016"):
         assert check in result.stderr
+
+
+def test_admin_lockouts_count_one_username_from_one_address_with_limits_from_the_environment():
+    names = ("AXES_FAILURE_LIMIT", "AXES_COOLOFF_TIME", "AXES_LOCKOUT_PARAMETERS")
+    assert load(*names) == {
+        "AXES_FAILURE_LIMIT": 5, "AXES_COOLOFF_TIME": "0:15:00", "AXES_LOCKOUT_PARAMETERS": [["username", "ip_address"]]
+    }
+    configured = load(*names, AXES_FAILURE_LIMIT="3", AXES_COOLOFF_MINUTES="90")
+    assert (configured["AXES_FAILURE_LIMIT"], configured["AXES_COOLOFF_TIME"]) == (3, "1:30:00")
