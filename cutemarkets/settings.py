@@ -180,6 +180,7 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True  # a login clears that pair's earlier failures
 AXES_ENABLE_ACCESS_FAILURE_LOG = True  # every failure stays on record after its lockout is cleared
 AXES_LOCKOUT_TEMPLATE = "accounts/lockout.html"
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
