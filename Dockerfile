@@ -1,5 +1,6 @@
 # The gateway image: daphne serving cutemarkets.asgi, also used for the feed simulator (docker-compose.yml).
 # Build: docker build -t cutemarkets-gateway .    Run: see README, "Deploying".
+# DJANGO_HTTPS=1: the image runs behind a TLS-terminating proxy (HSTS, redirect to https, secure cookies).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -7,7 +8,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DJANGO_SETTINGS_MODULE=cutemarkets.settings \
-    DJANGO_STATIC_ROOT=/app/var/static
+    DJANGO_STATIC_ROOT=/app/var/static \
+    DJANGO_HTTPS=1
 
 WORKDIR /app
 

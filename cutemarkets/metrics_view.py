@@ -3,7 +3,9 @@
 Metrics reveal traffic and error rates, so they are not public. A request is served when it carries
 ``Authorization: Bearer <METRICS_TOKEN>``, or when it comes straight from an address in ``METRICS_ALLOWED_NETWORKS``
 without a proxy's forwarding header: daphne's ``--proxy-headers`` takes the client address from ``X-Forwarded-For``,
-which a client can forge, so a request relayed by the proxy is judged by the token alone.
+which a client can forge, so a request relayed by the proxy is judged by the token alone. That holds whether or not
+``DJANGO_HTTPS`` declares a proxy: the forwarding header itself is the evidence, and the proxy's own address lies in
+the default allowed networks (loopback and private ranges), so its peer address proves nothing about the caller.
 """
 
 from __future__ import annotations

@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from django.core.checks.security.base import (
+    SECRET_KEY_INSECURE_PREFIX,
+    SECRET_KEY_MIN_LENGTH,
+    SECRET_KEY_MIN_UNIQUE_CHARACTERS,
+)
 from django.core.exceptions import ImproperlyConfigured
 
 from cutemarkets import redis_config
@@ -50,6 +56,16 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def is_strong_secret_key(key: str) -> bool:
+    """Django's own rule for a secret key (``check --deploy``'s security.W009), from its own constants: a weak key
+    makes signed sessions, password reset links and CSRF tokens guessable."""
+    return (
+        len(key) >= SECRET_KEY_MIN_LENGTH
+        and len(set(key)) >= SECRET_KEY_MIN_UNIQUE_CHARACTERS
+        and not key.startswith(SECRET_KEY_INSECURE_PREFIX)
+    )
+
+
 DEBUG = env_bool("DJANGO_DEBUG", False)
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
@@ -60,10 +76,29 @@ if not SECRET_KEY:
             "(for local development set DJANGO_DEBUG=1, as `make run` does)."
         )
     SECRET_KEY = "insecure-local-development-key-never-use-in-production"
+elif not DEBUG and not is_strong_secret_key(SECRET_KEY):
+    raise ImproperlyConfigured(
+        f"DJANGO_SECRET_KEY is too weak for DJANGO_DEBUG off: it needs at least {SECRET_KEY_MIN_LENGTH} characters, "
+        f"at least {SECRET_KEY_MIN_UNIQUE_CHARACTERS} of them distinct, and must not start with "
+        f"{SECRET_KEY_INSECURE_PREFIX!r} (generate one: python -c 'import secrets; print(secrets.token_urlsafe(50))')."
+    )
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 if not ALLOWED_HOSTS:
     raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS is set but empty.")
+
+# DJANGO_HTTPS declares that TLS ends at a proxy that sends X-Forwarded-Proto; without it (local runs) plain HTTP is
+# served as it is. The probes need no SECURE_REDIRECT_EXEMPT: cutemarkets.probes answers them before
+# SecurityMiddleware, so they never redirect and work over plain HTTP.
+HTTPS = env_bool("DJANGO_HTTPS", False)
+if HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_HSTS_SECONDS = int(env_float("DJANGO_HSTS_SECONDS", 365 * 24 * 3600, allow_zero=True))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
 
 INSTALLED_APPS = [
     "daphne",
@@ -74,6 +109,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "axes",
     "accounts",
     "streaming",
 ]
@@ -88,6 +124,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes requires: turns a lockout into its page
 ]
 
 ROOT_URLCONF = "cutemarkets.urls"
@@ -127,6 +164,23 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
 
 AUTH_USER_MODEL = "accounts.User"
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: a locked-out login is refused before its password is checked
+    "django.contrib.auth.backends.ModelBackend",
+]
+
+# Admin login lockouts (django-axes, attempts in the database): AXES_FAILURE_LIMIT failed logins for one username from
+# one address lock that pair out for the cool-off, which each further attempt restarts; the same username from other
+# addresses, and other usernames, still log in. The address is REMOTE_ADDR as daphne reports it (axes' own default):
+# the peer's, or behind the balancer (--proxy-headers, deploy/entrypoint.sh) the forwarded one, the same address the
+# stream's per-address budgets count.
+AXES_FAILURE_LIMIT = int(env_float("AXES_FAILURE_LIMIT", 5))
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("AXES_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True  # a login clears that pair's earlier failures
+AXES_ENABLE_ACCESS_FAILURE_LOG = True  # every failure stays on record after its lockout is cleared
+AXES_LOCKOUT_TEMPLATE = "accounts/lockout.html"
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -212,10 +266,12 @@ LOGGING = {
 }
 
 # --- Operations: metrics access and graceful shutdown ------------------------------------------------------------
+# Loopback and the private ranges (RFC 1918, RFC 4193): the deployment's own network, where Prometheus runs.
+DEFAULT_METRICS_NETWORKS = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
 try:
     METRICS_ALLOWED_NETWORKS = tuple(
         ipaddress.ip_network(network, strict=False)
-        for network in env_list("METRICS_ALLOWED_NETWORKS", ["127.0.0.1/32", "::1/128"])
+        for network in env_list("METRICS_ALLOWED_NETWORKS", DEFAULT_METRICS_NETWORKS)
     )
 except ValueError as error:
     raise ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS must list networks like 10.0.0.0/8: {error}") from None

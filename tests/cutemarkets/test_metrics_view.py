@@ -25,8 +25,16 @@ def test_loopback_reads_the_metrics_by_default(client):
     assert openmetrics["Content-Type"].startswith("application/openmetrics-text")
 
 
-def test_other_addresses_are_refused_without_a_token(client):
-    response = scrape(client, REMOTE_ADDR=EXTERNAL)
+@pytest.mark.parametrize(
+    "address", ["127.0.0.2", "10.20.30.40", "172.16.0.1", "172.31.255.254", "192.168.1.10", "fd12:3456::1"]
+)
+def test_loopback_and_private_addresses_read_the_metrics_by_default(client, address):
+    assert scrape(client, REMOTE_ADDR=address).status_code == 200
+
+
+@pytest.mark.parametrize("address", [EXTERNAL, "8.8.8.8", "172.32.0.1", "192.169.0.1", "2001:db8::1", "fe80::1"])
+def test_public_addresses_are_refused_without_a_token(client, address):
+    response = scrape(client, REMOTE_ADDR=address)
     assert response.status_code == 403
     assert b"cutemarkets_" not in response.content
 
@@ -37,12 +45,26 @@ def test_a_proxied_request_is_refused_even_if_it_claims_loopback(client):
     assert scrape(client, REMOTE_ADDR="127.0.0.1", HTTP_FORWARDED="for=127.0.0.1").status_code == 403
 
 
+def test_a_request_relayed_by_a_proxy_in_the_private_network_needs_the_token(client):
+    """The proxy's own address is private, so by default allowed: what it relays must not inherit that."""
+    assert scrape(client, REMOTE_ADDR="10.0.0.5", HTTP_X_FORWARDED_FOR=EXTERNAL).status_code == 403
+    assert scrape(client, REMOTE_ADDR="10.0.0.5", HTTP_X_REAL_IP=EXTERNAL).status_code == 403
+
+
 def test_the_bearer_token_opens_the_metrics_from_anywhere(client, settings):
     settings.METRICS_TOKEN = TOKEN
     assert scrape(client, REMOTE_ADDR=EXTERNAL, HTTP_AUTHORIZATION=f"Bearer {TOKEN}").status_code == 200
     assert scrape(client, HTTP_X_FORWARDED_FOR=EXTERNAL, HTTP_AUTHORIZATION=f"Bearer {TOKEN}").status_code == 200
-    assert scrape(client, REMOTE_ADDR=EXTERNAL, HTTP_AUTHORIZATION=f"Bearer {TOKEN}x").status_code == 403
-    assert scrape(client, REMOTE_ADDR=EXTERNAL, HTTP_AUTHORIZATION=TOKEN).status_code == 403
+
+
+@pytest.mark.parametrize(
+    "header",
+    [f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", f"Bearer {TOKEN[:-1]}X", f"Bearer {TOKEN.upper()}", "Bearer ",
+     TOKEN, f"bearer {TOKEN}", f"Basic {TOKEN}"],
+)
+def test_a_wrong_token_is_refused(client, settings, header):
+    settings.METRICS_TOKEN = TOKEN
+    assert scrape(client, REMOTE_ADDR=EXTERNAL, HTTP_AUTHORIZATION=header).status_code == 403
 
 
 def test_no_token_configured_means_no_token_accepted(client, settings):

@@ -52,3 +52,13 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
             keyword, _, arguments = line.partition(" ")
             instructions.append((keyword.upper(), arguments.strip()))
     return instructions
+
+
+def image_environment() -> dict[str, str]:
+    """The variables the Dockerfile's ``ENV`` instructions set (``NAME=value`` pairs, as it writes them)."""
+    return dict(
+        assignment.split("=", 1)
+        for keyword, arguments in dockerfile_instructions()
+        if keyword == "ENV"
+        for assignment in arguments.split()
+    )

@@ -24,6 +24,7 @@ from tests.deployment.compose import (
     command,
     compose,
     dockerfile_instructions,
+    image_environment,
     interpolate,
     service,
 )
@@ -101,6 +102,32 @@ def test_gateway_environment_points_at_the_compose_services():
     assert environment["DJANGO_SECRET_KEY"]
     published = interpolate(service("gateway")["ports"][0], PLAIN_UP)
     assert published == f"8000:{environment['GATEWAY_PORT']}"
+
+
+def container_environment(name: str) -> dict[str, str]:
+    """What a service's process sees under a plain `docker compose up`: the image's ENV, then the service's own."""
+    machine = {key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "REDIS_"))}
+    service_env = {key: interpolate(str(value), PLAIN_UP) for key, value in service(name)["environment"].items()}
+    return {**machine, **image_environment(), **service_env}
+
+
+@pytest.mark.parametrize("name", [*GATEWAYS, *RELAYS])
+def test_a_plain_compose_up_passes_the_deploy_check_with_debug_off(name):
+    """Each service's settings load as the container loads them: debug off, so its default secret key must pass,
+    and ``check --deploy`` finds nothing to warn about."""
+    environment = container_environment(name)
+    assert "DJANGO_DEBUG" not in environment
+    checked = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+                             cwd=PROJECT_DIR, env=environment, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_the_image_and_compose_declare_the_tls_proxy():
+    assert image_environment()["DJANGO_HTTPS"] == "1"
+    for gateway in GATEWAYS:
+        assert container_environment(gateway)["DJANGO_HTTPS"] == "1"
+        # A laptop without a proxy: `DJANGO_HTTPS=0 docker compose up` serves plain HTTP.
+        assert interpolate(service(gateway)["environment"]["DJANGO_HTTPS"], {"DJANGO_HTTPS": "0"}) == "0"
 
 
 def test_the_simulator_is_the_default_upstream():

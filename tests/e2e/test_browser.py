@@ -8,30 +8,20 @@ console error or an uncaught exception, and on any HTTP request that carries the
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import time
 from datetime import UTC, datetime
 from urllib.parse import quote as percent_encode
 
 import pytest
-from playwright.async_api import Page, async_playwright, expect
+from playwright.async_api import Page, expect
 
 from tests.accounts.factories import make_key, make_user
+from tests.e2e.chromium import chromium, needs_chromium
 from tests.e2e.processes import PROJECT_DIR
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, needs_chromium]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOT = PROJECT_DIR / "test-artifacts" / "explorer.png"
 KEY_STORAGE = "cutemarkets.explorer.apiKey"
 URI_SAFE = "-_.!~*'()"  # what encodeURIComponent leaves as it is
@@ -40,9 +30,6 @@ OTHER_CONTRACT = "O:QQQ260515P00400000"
 MARKUP = '<img src=x id=injected onerror="document.title=1">'
 THOUSANDS = re.compile(r"^\d{1,3}(,\d{3})+$")  # the events/s figure once it is 1,000 or more
 T0 = 1_767_225_600_000  # 2026-01-01 00:00:00 UTC, in milliseconds
-
-if not os.path.exists(CHROMIUM) and not os.environ.get("CI"):
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); CI installs it", allow_module_level=True)
 
 
 @pytest.fixture
@@ -116,14 +103,8 @@ class Tab:
 
 @pytest.fixture
 async def browser(tmp_path):
-    """A fresh Chromium profile per test; the time zone is fixed so that formatted times can be asserted."""
-    async with async_playwright() as playwright:
-        context = await playwright.chromium.launch_persistent_context(
-            tmp_path / "chromium-profile", executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            timezone_id="UTC", locale="en-US", viewport={"width": 1366, "height": 900},
-        )
+    async with chromium(tmp_path / "chromium-profile") as context:
         yield context
-        await context.close()
 
 
 @pytest.fixture

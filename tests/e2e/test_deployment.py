@@ -37,7 +37,7 @@ pytestmark = pytest.mark.e2e
 START_TIMEOUT_SECONDS = 90.0  # migrate and collectstatic (hashing and compressing every file) come first
 EXIT_TIMEOUT_SECONDS = 10.0
 SIMULATOR_KEY = "compose-simulator-key"
-PRODUCTION_SECRET = "deployment-test-secret-key-not-for-production"
+PRODUCTION_SECRET = "deployment-test-secret-key-not-for-production-0123456789"
 FOREIGN_HOST = "10.9.8.7:8000"  # a load balancer probing the process by its address: not in DJANGO_ALLOWED_HOSTS
 HASHED_ADMIN_CSS = re.compile(r'href="(/static/admin/css/base\.[0-9a-f]{12}\.css)"')
 
