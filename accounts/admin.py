@@ -35,7 +35,7 @@ class ApiKeyInline(admin.TabularInline):
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
     inlines = [ProductTierInline, ApiKeyInline]
-    list_display = ("username", "email", "is_active", "is_staff", "date_joined")
+    list_display: tuple[str, ...] = ("username", "email", "is_active", "is_staff", "date_joined")
 
 
 @admin.register(Plan)

@@ -36,6 +36,7 @@ class Status(enum.StrEnum):
     SUCCESS = "success"
     ERROR = "error"
     SLOW_CONSUMER = "slow_consumer"
+    FORCE_DISCONNECT = "force_disconnect"  # an operator ended the connection (the upstream's own status name)
 
 
 class Action(enum.StrEnum):
@@ -52,6 +53,7 @@ STATUS_EVENT = "status"
 MESSAGE_CONNECTED = "Connected Successfully"
 MESSAGE_AUTHENTICATED = "authenticated"
 MESSAGE_AUTH_TIMEOUT = "No authentication request received."
+MESSAGE_FORCE_DISCONNECT = "disconnected by CuteMarkets operations; you may reconnect"
 MESSAGE_SUBSCRIPTION_LIMIT = "Subscription limit reached for feed. Please remove some subscriptions and try again."
 """The feed's own words for a subscription over its limit, which clients may already handle."""
 SUBSCRIBED_PREFIX = "subscribed to: "

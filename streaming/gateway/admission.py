@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 from typing import Protocol
@@ -66,6 +67,9 @@ class Candidate(Recheckable, Protocol):
 
     async def close_with(self, rejection: Rejection) -> None:
         """Send the rejection's status message, then close with its code."""
+
+    def live_record(self, entitlement: Entitlement) -> bytes:
+        """The connection's record for operators (``live_connections``), written with its lock."""
 
 
 async def acquire_patiently(lock: ConnectionLock, wait: float) -> bool:
@@ -191,7 +195,10 @@ class Admission:
 
     async def _acquire_lock(self, entitlement: Entitlement) -> Rejection | None:
         settings = stream_settings()
-        lock = ConnectionLock(redis_client(), entitlement.user_id, ttl=settings.lock_ttl)
+        lock = ConnectionLock(
+            redis_client(), entitlement.user_id, ttl=settings.lock_ttl,
+            describe=functools.partial(self._candidate.live_record, entitlement),
+        )
         fail_open = settings.lock_failure_mode == FAILURE_MODE_OPEN
         if fail_open:
             # In open mode the per-process lock is always taken too, so that it still holds if Redis comes back.

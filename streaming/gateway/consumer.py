@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,12 +24,15 @@ from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from accounts.keys import Entitlement
 from streaming import codes, metrics
 from streaming.conf import stream_settings
 from streaming.daphne.flow_control import get_flow_control
 from streaming.gateway import protocol
 from streaming.gateway.admission import Admission, Phase
 from streaming.gateway.credentials import StreamAuth
+from streaming.gateway.live_connections import HOST, LiveConnection, now_iso
+from streaming.gateway.middleware import client_address
 from streaming.gateway.outbox import Outbox
 from streaming.gateway.requests import ClientRequests
 from streaming.gateway.rules import Rejection
@@ -56,6 +60,7 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         self.phase = Phase.AWAITING_AUTH
         self.market = ""
         self._opened_at = time.monotonic()
+        self._connected_at: str | None = None
         self.admission = Admission(self, self._tasks)
         self._requests = ClientRequests(self, self.admission)
         try:
@@ -176,11 +181,35 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         """A key, account or plan of this user changed (``ControlListener``): admission runs its rules again."""
         self.admission.recheck()
 
+    def force_disconnect(self) -> None:
+        """An operator ended this user's connection (``disconnect_user``, the admin): say so, then close (1008);
+        the close releases the lock, so the user may connect again at once."""
+        if self.phase in (Phase.CLOSING, Phase.CLOSED):
+            return
+        self.phase = Phase.CLOSING
+        logger.info("stream force-disconnected by an operator market=%s", self.market)
+        self._tasks.spawn(self.close_with_status(
+            codes.CloseCode.POLICY_VIOLATION, codes.Status.FORCE_DISCONNECT, codes.MESSAGE_FORCE_DISCONNECT,
+        ))
+
+    def live_record(self, entitlement: Entitlement) -> bytes:
+        if self._connected_at is None:
+            self._connected_at = now_iso()
+        outbox, hub = self.outbox, self.hub
+        return LiveConnection(
+            user_id=entitlement.user_id, key_prefix=entitlement.key_prefix, market=self.market, host=HOST,
+            pid=os.getpid(), client=client_address(self.scope), connected_at=self._connected_at,
+            subscriptions=len(hub.subscriptions_of(self)) if hub is not None else 0,
+            events=outbox.events_queued if outbox is not None else 0,
+            bytes_sent=outbox.bytes_sent if outbox is not None else 0,
+            outbox_bytes=outbox.queued_bytes if outbox is not None else 0,
+        ).encode()
+
     # --- what the hub calls ---------------------------------------------------------------------------------------
 
-    def deliver(self, frames: list[bytes]) -> None:
+    def deliver(self, frames: list[bytes], events: int = 0) -> None:
         outbox = self.outbox
-        if self.phase is Phase.ADMITTED and outbox is not None and not outbox.put(frames):
+        if self.phase is Phase.ADMITTED and outbox is not None and not outbox.put(frames, events):
             metrics.slow_consumer(self.market)
             self.phase = Phase.CLOSING
             outbox.stop()

@@ -77,6 +77,7 @@ class Outbox:
         self._turn = FlushTurn.current() if flow_control is not None else None
         self.frames_sent = 0
         self.bytes_sent = 0
+        self.events_queued = 0  # market-data events accepted for the client (the live record's count)
         self._frames: deque[bytes] = deque()
         self._queued_bytes = 0
         self._ready = asyncio.Event() if flow_control is None else None  # the ASGI writer task's wake-up
@@ -92,8 +93,9 @@ class Outbox:
         if self._ready is not None:
             self._writer = asyncio.ensure_future(self._drain(self._ready))
 
-    def put(self, frames: list[bytes]) -> bool:
-        """Queue UTF-8 text frames in order; False (and nothing queued) if they would exceed the budget."""
+    def put(self, frames: list[bytes], events: int = 0) -> bool:
+        """Queue UTF-8 text frames (carrying *events* market-data events) in order; False (and nothing queued) if
+        they would exceed the budget."""
         if self._stopped:
             return True
         size = sum(map(len, frames))
@@ -101,6 +103,7 @@ class Outbox:
             return False
         self._frames.extend(frames)
         self._queued_bytes += size
+        self.events_queued += events
         if self._ready is not None:
             self._ready.set()
         elif self._turn is not None and not self._flush_scheduled and self._writer is None:

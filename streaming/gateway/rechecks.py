@@ -1,4 +1,5 @@
-"""Live enforcement: when a user's keys, account or plans change, their live connection re-checks its admission.
+"""Live enforcement: when a user's keys, account or plans change, their live connection re-checks its admission;
+when an operator ends a user's connection, it closes.
 
 accounts announces ``entitlements_changed``; ``request_recheck`` turns it into one message to the Channels group
 that every gateway process joins, on the Redis channel layer, so it reaches the connection whichever process holds
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 RECHECK_GROUP = "stream-recheck"
 RECHECK_TYPE = "stream.recheck"
+DISCONNECT_TYPE = "stream.disconnect"
 REJOIN_INTERVAL_SECONDS = 3600.0
 """channels-redis forgets a group member after its ``group_expiry`` (a day by default): rejoin well before."""
 RECENT_RECHECK_SECONDS = 10.0
@@ -43,6 +45,9 @@ it registered, possibly before the change that the re-check announced."""
 class Recheckable(Protocol):
     def recheck(self) -> None:
         """Re-run the admission rules with fresh data (without blocking the caller)."""
+
+    def force_disconnect(self) -> None:
+        """Tell the client an operator ended the connection, and close it (without blocking the caller)."""
 
 
 def recheck_message(user_ids: Iterable[int]) -> dict:
@@ -57,6 +62,18 @@ def request_recheck(user_ids: list[int]) -> None:
         async_to_sync(layer.group_send)(RECHECK_GROUP, recheck_message(user_ids))
     except Exception:
         logger.exception("live re-check could not be sent for users %s", user_ids)
+
+
+def request_disconnect(user_ids: list[int]) -> None:
+    """Close the live connections of *user_ids* in every gateway process. Raises what the channel layer raises
+    (the operator must hear that it did not go out)."""
+    layer = get_channel_layer()
+    if layer is None:
+        raise RuntimeError("no channel layer is configured: gateway processes cannot be reached")
+    if user_ids:
+        async_to_sync(layer.group_send)(
+            RECHECK_GROUP, {"type": DISCONNECT_TYPE, "user_ids": sorted(set(user_ids))}
+        )
 
 
 @receiver(entitlements_changed)
@@ -134,6 +151,15 @@ class ControlListener:
                 asked += 1
         return asked
 
+    def disconnect(self, user_ids: Iterable[int]) -> int:
+        """Close this process's connections of *user_ids*; returns how many were closed."""
+        closed = 0
+        for user_id in user_ids:
+            for connection in list(self._connections.get(user_id, ())):
+                connection.force_disconnect()
+                closed += 1
+        return closed
+
     async def _listen(self) -> None:
         """Join, then receive. After the first join and after any failure every registered connection re-checks:
         a message sent while this process was not (or no longer) receiving may never reach it."""
@@ -153,6 +179,8 @@ class ControlListener:
                     if message.get("type") == RECHECK_TYPE:
                         self._remember(message.get("user_ids", ()))
                         self.recheck(message.get("user_ids", ()))
+                    elif message.get("type") == DISCONNECT_TYPE:
+                        self.disconnect(message.get("user_ids", ()))
             except Exception as error:
                 cancellation.check()
                 self.joined.clear()

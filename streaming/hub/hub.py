@@ -41,8 +41,8 @@ YIELD_INTERVAL_SECONDS = 0.005  # longest the router runs through a backlog befo
 class Subscriber(Hashable, Protocol):
     """What the hub needs from a client connection (the index keys clients by identity)."""
 
-    def deliver(self, frames: list[bytes]) -> None:
-        """Queue UTF-8 text frames for the client (never blocks)."""
+    def deliver(self, frames: list[bytes], events: int) -> None:
+        """Queue UTF-8 text frames carrying *events* events for the client (never blocks)."""
 
     def upstream_failed(self, message: str) -> None:
         """The upstream is gone: tell the client and close it (1011)."""
@@ -398,19 +398,19 @@ class UpstreamHub:
         if len(routed) == len(events) and len(frame) < MAX_FRAME_BYTES:
             whole = self.index.groups_taking_all({event_type for event_type, _, _ in routed})
             if whole:
-                frames = [frame]
+                frames, count = [frame], len(events)
                 for group in whole:
                     for client in group.members:
-                        client.deliver(frames)
+                        client.deliver(frames, count)
                 if len(whole) == self.index.group_count():
                     return
         dumps = orjson.dumps
         for group in self.index.route([(event_type, symbol, dumps(event)) for event_type, symbol, event in routed],
                                       exclude=whole):
-            frames = encode_frames(group.batch)
+            frames, count = encode_frames(group.batch), len(group.batch)
             group.batch = []
             for client in group.members:
-                client.deliver(frames)
+                client.deliver(frames, count)
 
     def _route_status(self, event: dict) -> None:
         """Upstream acks complete the hub's own requests (clients get their own acks); other statuses go to the
@@ -427,5 +427,5 @@ class UpstreamHub:
         ) or self.index.clients()
         frame = orjson.dumps([event])
         for client in dict.fromkeys(concerned):
-            client.deliver([frame])
+            client.deliver([frame], 1)
 

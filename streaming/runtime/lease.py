@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
+import hashlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -78,7 +80,6 @@ class Lease:
 
     lua_release: ClassVar[AsyncScript | None] = None
     lua_refresh: ClassVar[AsyncScript | None] = None
-    lua_refresh_many: ClassVar[AsyncScript | None] = None
 
     def __init__(self, redis: redis.asyncio.Redis, key: str, ttl: float) -> None:
         if ttl <= 0:
@@ -97,8 +98,6 @@ class Lease:
             Lease.lua_release = client.register_script(cls.LUA_RELEASE_SCRIPT)
         if Lease.lua_refresh is None:
             Lease.lua_refresh = client.register_script(cls.LUA_REFRESH_SCRIPT)
-        if Lease.lua_refresh_many is None:
-            Lease.lua_refresh_many = client.register_script(cls.LUA_REFRESH_MANY_SCRIPT)
 
     @property
     def key(self) -> str:
@@ -158,24 +157,28 @@ class Lease:
         retries. The leases are left as they are: the caller confirms those it still keeps (`confirm`), since a call
         it gave up on may yet complete, after the leases were reported lost.
         """
-        assert Lease.lua_refresh_many is not None
+        script = cls.LUA_REFRESH_MANY_SCRIPT
         sent_at = time.monotonic()
-        arguments = [lease._token for lease in leases] + [lease._ttl_ms for lease in leases]
+        keys, arguments = cls._refresh_many_arguments(leases)
         try:
-            replies = await client.evalsha(
-                Lease.lua_refresh_many.sha, len(leases), *(lease._key for lease in leases), *arguments
-            )
+            replies = await client.evalsha(script_sha(script), len(keys), *keys, *arguments)
         except redis.exceptions.NoScriptError:
             if script_loaded:
                 raise LeaseUnavailable(f"cannot refresh {len(leases)} leases: the script does not load") from None
             try:
-                await client.script_load(cls.LUA_REFRESH_MANY_SCRIPT)
+                await client.script_load(script)
             except redis.exceptions.RedisError as error:
                 raise LeaseUnavailable(f"cannot refresh {len(leases)} leases") from error
             return await cls.refresh_together(client, leases, script_loaded=True)
         except redis.exceptions.RedisError as error:
             raise LeaseUnavailable(f"cannot refresh {len(leases)} leases") from error
         return sent_at, [reply == 1 for reply in replies]
+
+    @classmethod
+    def _refresh_many_arguments(cls, leases: Sequence[Lease]) -> tuple[list[str], list[str | int | bytes]]:
+        """KEYS and ARGV of ``LUA_REFRESH_MANY_SCRIPT`` for *leases*."""
+        arguments: list[str | int | bytes] = [lease._token for lease in leases]
+        return [lease._key for lease in leases], arguments + [lease._ttl_ms for lease in leases]
 
     def confirm(self, sent_at: float) -> None:
         """A refresh sent at *sent_at* found the lease held (see `refresh_together`)."""
@@ -194,6 +197,12 @@ class Lease:
             return await command
         except redis.exceptions.RedisError as error:
             raise LeaseUnavailable(f"cannot {action} {self._key}") from error
+
+
+@functools.cache
+def script_sha(source: str) -> str:
+    """The SHA1 by which Redis knows a script (``EVALSHA``)."""
+    return hashlib.sha1(source.encode()).hexdigest()
 
 
 class Renewable(Protocol):

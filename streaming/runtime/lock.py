@@ -1,4 +1,9 @@
-"""The one-connection-per-user lock: a `Lease` on a key per user, holding a token unique to the connection.
+"""The one-connection-per-user lock: a `Lease` on a key per user, holding a token unique to the connection, and the
+connection's live record beside it.
+
+The record (what an operator sees of the connection: ``streaming.gateway.live_connections``) is written by the same
+script call that takes the lock, rewritten by each refresh and deleted by the release, so it lives exactly as long
+as the lock and costs admission no round trip of its own; a process that dies leaves both to expire together.
 
 `LocalLocks` is the per-process fallback for fail-open mode (``STREAM_LOCK_FAILURE_MODE=open``).
 """
@@ -6,21 +11,119 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import redis.asyncio
+from redis.commands.core import AsyncScript
 
 from streaming.runtime.lease import Lease
 
 KEY_PREFIX = "cm:stream-lock:user:"
+RECORD_KEY_PREFIX = "cm:stream-connection:user:"
 DEFAULT_TTL_SECONDS = 30.0
 
 
-class ConnectionLock(Lease):
-    """The lock of one connection for one user. Create one per connection; never share it between connections."""
+def no_record() -> bytes:
+    return b"{}"
 
-    def __init__(self, redis: redis.asyncio.Redis, user_id: int, ttl: float = DEFAULT_TTL_SECONDS) -> None:
+
+class ConnectionLock(Lease):
+    """The lock of one connection for one user. Create one per connection; never share it between connections.
+
+    *describe* returns the connection's record (JSON bytes), called at the acquire and at each refresh.
+    """
+
+    # KEYS[1]: the lock key; KEYS[2]: the record key. ARGV[1]: the token; ARGV[2]: the TTL in milliseconds;
+    # ARGV[3]: the record. Takes the lock only if nobody holds it, and writes the record with the same TTL.
+    LUA_ACQUIRE_SCRIPT = """
+        if not redis.call('set', KEYS[1], ARGV[1], 'nx', 'px', ARGV[2]) then
+            return 0
+        end
+        redis.call('set', KEYS[2], ARGV[3], 'px', ARGV[2])
+        return 1
+    """
+
+    # KEYS[1]: the lock key; KEYS[2]: the record key. ARGV[1]: the token. Deletes both only while the lock holds it.
+    LUA_RELEASE_WITH_RECORD_SCRIPT = """
+        if redis.call('get', KEYS[1]) ~= ARGV[1] then
+            return 0
+        end
+        redis.call('del', KEYS[1], KEYS[2])
+        return 1
+    """
+
+    # KEYS[i]: lock keys, KEYS[n + i]: their record keys. ARGV[i]: the token of lock i; ARGV[n + i]: its TTL in
+    # milliseconds; ARGV[2n + i]: its record. Each lock checked on its own: if held, its TTL is reset and its record
+    # rewritten with the same TTL. Returns 1 (held) or 0 for each lock, in order.
+    LUA_REFRESH_MANY_SCRIPT = """
+        local count = #KEYS / 2
+        local held = {}
+        for i = 1, count do
+            if redis.call('get', KEYS[i]) == ARGV[i] then
+                redis.call('pexpire', KEYS[i], ARGV[count + i])
+                redis.call('set', KEYS[count + i], ARGV[2 * count + i], 'px', ARGV[count + i])
+                held[i] = 1
+            else
+                held[i] = 0
+            end
+        end
+        return held
+    """
+
+    lua_acquire: ClassVar[AsyncScript | None] = None
+    lua_release_with_record: ClassVar[AsyncScript | None] = None
+
+    def __init__(
+        self, redis: redis.asyncio.Redis, user_id: int, ttl: float = DEFAULT_TTL_SECONDS,
+        describe: Callable[[], bytes] = no_record,
+    ) -> None:
         super().__init__(redis, f"{KEY_PREFIX}{user_id}", ttl)
         self.user_id = user_id
+        self.record_key = f"{RECORD_KEY_PREFIX}{user_id}"
+        self.describe = describe
+        if ConnectionLock.lua_acquire is None:
+            ConnectionLock.lua_acquire = redis.register_script(self.LUA_ACQUIRE_SCRIPT)
+        if ConnectionLock.lua_release_with_record is None:
+            ConnectionLock.lua_release_with_record = redis.register_script(self.LUA_RELEASE_WITH_RECORD_SCRIPT)
+
+    async def acquire(self) -> bool:
+        """Take the lock if nobody holds it, writing the record with it. Raises `LeaseUnavailable`."""
+        assert ConnectionLock.lua_acquire is not None
+        sent_at = time.monotonic()
+        acquired = await self._call("acquire", ConnectionLock.lua_acquire(
+            keys=[self.key, self.record_key], args=[self.token, self._ttl_ms, self.describe()], client=self.redis,
+        ))
+        if acquired:
+            self.confirm(sent_at)
+        return bool(acquired)
+
+    async def refresh(self) -> bool:
+        """Reset the TTL (and rewrite the record) if we still hold the lock. Raises `LeaseUnavailable`."""
+        sent_at, (owned,) = await self.refresh_together(self.redis, [self])
+        if owned:
+            self.confirm(sent_at)
+        return owned
+
+    async def release(self) -> bool:
+        """Delete the lock and its record if the lock still holds our token; True if it did. Safe to repeat.
+        Raises `LeaseUnavailable`."""
+        assert ConnectionLock.lua_release_with_record is not None
+        released = await self._call("release", ConnectionLock.lua_release_with_record(
+            keys=[self.key, self.record_key], args=[self.token], client=self.redis,
+        ))
+        return bool(released)
+
+    @classmethod
+    def _refresh_many_arguments(cls, leases: Sequence[Lease]) -> tuple[list[str], list[str | int | bytes]]:
+        locks = [lease for lease in leases if isinstance(lease, ConnectionLock)]
+        assert len(locks) == len(leases), "connection locks are refreshed only with connection locks"
+        keys = [lock.key for lock in locks] + [lock.record_key for lock in locks]
+        arguments: list[str | int | bytes] = [lock.token for lock in locks]
+        arguments += [lock._ttl_ms for lock in locks]
+        arguments += [lock.describe() for lock in locks]
+        return keys, arguments
 
 
 class LocalLocks:

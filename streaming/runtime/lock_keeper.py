@@ -21,6 +21,7 @@ import redis.asyncio
 from streaming import metrics
 from streaming.exceptions import LeaseUnavailable
 from streaming.runtime.lease import SAFETY_MARGIN_FRACTION, UNREACHABLE_RETRY_SECONDS, Lease, LossReason
+from streaming.runtime.lock import ConnectionLock
 from streaming.runtime.loop_local import LoopLocal
 from streaming.runtime.redis_client import redis_client
 from streaming.runtime.tasks import BackgroundTasks, CancellationGuard
@@ -43,11 +44,12 @@ def give_up_at(lease: Lease) -> float:
 
 
 class LockKeeper:
-    """Keeps acquired leases alive until forgotten or lost. One per event loop (`for_loop`)."""
+    """Keeps acquired connection locks (and their records) alive until forgotten or lost. One per event loop
+    (`for_loop`)."""
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self._client = client
-        self._kept: dict[Lease, OnLost] = {}
+        self._kept: dict[ConnectionLock, OnLost] = {}
         self._tasks = BackgroundTasks()  # the refresh loop, while anything is kept
         self._changed = asyncio.Event()
         self._wake_at = 0.0  # when the refresh loop wakes up next (it recomputes its schedule then)
@@ -59,7 +61,7 @@ class LockKeeper:
     def __len__(self) -> int:
         return len(self._kept)
 
-    def keep(self, lease: Lease, on_lost: OnLost) -> None:
+    def keep(self, lease: ConnectionLock, on_lost: OnLost) -> None:
         """Keep an acquired *lease* alive; ``on_lost(reason)`` is called once if it cannot be."""
         if lease.confirmed_at is None:
             raise RuntimeError("keep() needs an acquired lease")
@@ -71,7 +73,7 @@ class LockKeeper:
             # a new lease is due last, and waking for each would cost a pass over all of them per admission.
             self._changed.set()
 
-    def forget(self, lease: Lease) -> None:
+    def forget(self, lease: ConnectionLock) -> None:
         """Stop refreshing *lease* (before releasing it). Safe to repeat."""
         self._kept.pop(lease, None)
 
@@ -125,7 +127,7 @@ class LockKeeper:
                 continue
             # The round trip runs as a task of its own, abandoned (cancelled, not awaited) at the first give-up
             # deadline: a hung Redis must not delay the reports, and a cancelled read may swallow its cancellation.
-            round_trip = self._tasks.spawn(Lease.refresh_together(self._client, batch))
+            round_trip = self._tasks.spawn(ConnectionLock.refresh_together(self._client, batch))
             await asyncio.wait([round_trip], timeout=max(0.0, min(map(give_up_at, batch)) - time.monotonic()))
             if not round_trip.done():
                 round_trip.cancel()
@@ -150,7 +152,7 @@ class LockKeeper:
             logger.warning("connection locks could not be refreshed (Redis unreachable); retrying")
         return reachable
 
-    def _report(self, reason: LossReason, leases: list[Lease]) -> None:
+    def _report(self, reason: LossReason, leases: list[ConnectionLock]) -> None:
         for lease in leases:
             on_lost = self._kept.pop(lease, None)
             if on_lost is not None:

@@ -46,7 +46,10 @@ def test_key_guessing_next_to_the_victims_is_refused_and_reported():
     for phase in (trial["baseline"], trial["attacked"]):
         assert phase["events_per_s"] > 0 and phase["admissions"] > 0
     outcomes = trial["attacked"]["attacker"]["outcomes"]
-    assert 0 < outcomes["close 4401 authentication failed: invalid API key"] <= 30  # the address's failure budget
+    # The address's failure budget (30 a minute) stops the lookups; guesses already being looked up when it is
+    # reached (at most the address's pending sockets, 50) are still answered 4401. How many that is depends on how
+    # long a lookup takes on this machine at this moment, so the bound is the budget plus what may be in flight.
+    assert 0 < outcomes["close 4401 authentication failed: invalid API key"] <= 30 + 50
     assert outcomes["close 1013 too many failed authentications from your address: try again in a minute"] > 0
     table = markdown({"mode": "quick", "runs": 1, "targets": [], "scenarios": {"neighbours": result}})
     assert "| key_guessing | " in table

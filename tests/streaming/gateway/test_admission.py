@@ -53,6 +53,7 @@ class Applicant:
         self.rejections: asyncio.Queue[Rejection] = asyncio.Queue()
         self.streams_opened = 0
         self.rechecks = 0
+        self.disconnects = 0
 
     async def open_stream(self) -> None:
         self.streams_opened += 1
@@ -64,6 +65,12 @@ class Applicant:
 
     def recheck(self) -> None:
         self.rechecks += 1
+
+    def force_disconnect(self) -> None:
+        self.disconnects += 1
+
+    def live_record(self, entitlement: Entitlement) -> bytes:
+        return b'{"user_id":%d,"key_prefix":"%s"}' % (entitlement.user_id, entitlement.key_prefix.encode())
 
 
 class WatchedLock(ConnectionLock):
@@ -227,8 +234,23 @@ async def test_an_admission_is_registered_for_rechecks_until_it_is_released(stre
     await asyncio.wait_for(listener.joined.wait(), TIMEOUT)
     assert applicant.rechecks == 1  # the first join re-checks every connection registered before it
     assert listener.recheck([entitlement.user_id]) == 1
+    assert listener.disconnect([entitlement.user_id + 1]) == 0
+    assert listener.disconnect([entitlement.user_id]) == 1 and applicant.disconnects == 1
     await admission.release()
     assert listener.recheck([entitlement.user_id]) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_lock_is_taken_with_the_connections_record_and_released_with_it(stream_config, tasks, entitled):
+    credential, entitlement = entitled
+    admission = Admission(Applicant(), tasks)
+    await admission.admit(credential, entitlement, from_handshake=True)
+    lock = admission.lock
+    assert lock is not None
+    assert await lock.redis.get(lock.record_key) == Applicant().live_record(entitlement)
+    assert await lock.redis.pttl(lock.record_key) > 0
+    await admission.release()
+    assert not await lock.redis.exists(lock.key, lock.record_key)
 
 
 @pytest.mark.django_db(transaction=True)

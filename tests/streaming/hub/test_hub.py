@@ -37,7 +37,7 @@ class Client:
         self.log: list[object] = []
         self._changed = asyncio.Event()
 
-    def deliver(self, frames: list[bytes]) -> None:
+    def deliver(self, frames: list[bytes], events: int = 0) -> None:
         self.frames.extend(frames)
         self.log.extend(frames)
         self._notify()

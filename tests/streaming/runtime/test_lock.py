@@ -15,7 +15,7 @@ from django.conf import settings
 from devstack.redis_server import RedisServer
 from streaming.exceptions import LeaseUnavailable
 from streaming.runtime.lease import SAFETY_MARGIN_FRACTION, LossReason, hold
-from streaming.runtime.lock import KEY_PREFIX, ConnectionLock, LocalLocks
+from streaming.runtime.lock import KEY_PREFIX, RECORD_KEY_PREFIX, ConnectionLock, LocalLocks
 
 USER = 7
 OTHER_USER = 8
@@ -306,3 +306,29 @@ def test_local_locks_allow_one_token_per_user() -> None:
     assert locks.release(USER, "first")
     assert not locks.release(USER, "first")
     assert locks.try_acquire(USER, "third")
+
+
+async def test_the_record_lives_exactly_as_long_as_the_lock(client):
+    """Written by the acquire, rewritten by each refresh (with the lock's TTL), deleted by the release; a lock that
+    was lost leaves the new holder's record alone."""
+    counter = iter(range(100))
+    holder = ConnectionLock(client, USER, ttl=5.0, describe=lambda: b'{"n":%d}' % next(counter))
+    record_key = f"{RECORD_KEY_PREFIX}{USER}"
+    assert await holder.acquire()
+    assert await client.get(record_key) == b'{"n":0}'
+    assert 4000 < await client.pttl(record_key) <= 5000
+    assert await holder.refresh()
+    _, (held,) = await ConnectionLock.refresh_together(client, [holder])
+    assert held and await client.get(record_key) == b'{"n":2}'
+
+    successor = ConnectionLock(client, USER, describe=lambda: b'{"successor":1}')
+    assert not await successor.acquire()
+    assert await client.get(record_key) == b'{"n":2}'  # a refused acquire writes nothing
+    await client.delete(holder.key)  # the holder's lock expired, say
+    assert await successor.acquire()
+    assert not await holder.refresh()
+    assert await client.get(record_key) == b'{"successor":1}'
+    assert not await holder.release()
+    assert await client.exists(successor.key, record_key) == 2
+    assert await successor.release()
+    assert await client.exists(successor.key, record_key) == 0
