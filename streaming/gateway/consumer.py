@@ -61,6 +61,8 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         self.market = ""
         self._opened_at = time.monotonic()
         self._connected_at: str | None = None
+        self._record_counters: tuple[int, int, int, int] | None = None
+        self._record = b""
         self.admission = Admission(self, self._tasks)
         self._requests = ClientRequests(self, self.admission)
         try:
@@ -193,17 +195,25 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
         ))
 
     def live_record(self, entitlement: Entitlement) -> bytes:
-        if self._connected_at is None:
-            self._connected_at = now_iso()
+        """The record, built again only when its counters moved: the lock keeper asks every connection at each
+        refresh, and most of 10,000 idle ones have nothing new (the lock then sends nothing, see ConnectionLock)."""
         outbox, hub = self.outbox, self.hub
-        return LiveConnection(
-            user_id=entitlement.user_id, key_prefix=entitlement.key_prefix, market=self.market, host=HOST,
-            pid=os.getpid(), client=client_address(self.scope), connected_at=self._connected_at,
-            subscriptions=len(hub.subscriptions_of(self)) if hub is not None else 0,
-            events=outbox.events_queued if outbox is not None else 0,
-            bytes_sent=outbox.bytes_sent if outbox is not None else 0,
-            outbox_bytes=outbox.queued_bytes if outbox is not None else 0,
-        ).encode()
+        counters = (
+            len(hub.subscriptions_of(self)) if hub is not None else 0,
+            outbox.events_queued if outbox is not None else 0,
+            outbox.bytes_sent if outbox is not None else 0,
+            outbox.queued_bytes if outbox is not None else 0,
+        )
+        if counters != self._record_counters:
+            if self._connected_at is None:
+                self._connected_at = now_iso()
+            subscriptions, events, bytes_sent, outbox_bytes = self._record_counters = counters
+            self._record = LiveConnection(
+                user_id=entitlement.user_id, key_prefix=entitlement.key_prefix, market=self.market, host=HOST,
+                pid=os.getpid(), client=client_address(self.scope), connected_at=self._connected_at,
+                subscriptions=subscriptions, events=events, bytes_sent=bytes_sent, outbox_bytes=outbox_bytes,
+            ).encode()
+        return self._record
 
     # --- what the hub calls ---------------------------------------------------------------------------------------
 

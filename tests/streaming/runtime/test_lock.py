@@ -332,3 +332,22 @@ async def test_the_record_lives_exactly_as_long_as_the_lock(client):
     assert await client.exists(successor.key, record_key) == 2
     assert await successor.release()
     assert await client.exists(successor.key, record_key) == 0
+
+
+async def test_a_refresh_sends_the_record_only_when_it_changed_and_keeps_it_alive_either_way(client):
+    record = [b'{"events":0}']
+    lock = ConnectionLock(client, USER, ttl=5.0, describe=lambda: record[0])
+    record_key = f"{RECORD_KEY_PREFIX}{USER}"
+    assert await lock.acquire()
+    await client.pexpire(record_key, 100)  # as if time had passed: the refresh must give it the lock's TTL again
+    keys, arguments = ConnectionLock._refresh_many_arguments([lock])
+    assert arguments[-1] == b""  # unchanged: nothing to send
+    assert await lock.refresh()
+    assert await client.get(record_key) == record[0] and await client.pttl(record_key) > 4000
+
+    record[0] = b'{"events":7}'
+    await ConnectionLock.refresh_together(client, [lock])  # sent, but not confirmed (a call the keeper gave up on)
+    assert ConnectionLock._refresh_many_arguments([lock])[1][-1] == record[0]  # so the next refresh sends it again
+    assert await lock.refresh()
+    assert await client.get(record_key) == b'{"events":7}'
+    assert ConnectionLock._refresh_many_arguments([lock])[1][-1] == b""
