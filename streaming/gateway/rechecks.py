@@ -144,21 +144,21 @@ class ControlListener:
 
     def recheck(self, user_ids: Iterable[int]) -> int:
         """Ask this process's connections of *user_ids* to re-check; returns how many were asked."""
-        asked = 0
-        for user_id in user_ids:
-            for connection in list(self._connections.get(user_id, ())):
-                connection.recheck()
-                asked += 1
-        return asked
+        connections = self._connections_of(user_ids)
+        for connection in connections:
+            connection.recheck()
+        return len(connections)
 
     def disconnect(self, user_ids: Iterable[int]) -> int:
         """Close this process's connections of *user_ids*; returns how many were closed."""
-        closed = 0
-        for user_id in user_ids:
-            for connection in list(self._connections.get(user_id, ())):
-                connection.force_disconnect()
-                closed += 1
-        return closed
+        connections = self._connections_of(user_ids)
+        for connection in connections:
+            connection.force_disconnect()
+        return len(connections)
+
+    def _connections_of(self, user_ids: Iterable[int]) -> list[Recheckable]:
+        """A copy: acting on a connection may unregister it."""
+        return [connection for user_id in user_ids for connection in self._connections.get(user_id, ())]
 
     async def _listen(self) -> None:
         """Join, then receive. After the first join and after any failure every registered connection re-checks:

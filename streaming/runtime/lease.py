@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import functools
-import hashlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import ClassVar, Protocol, TypeVar
 
 import redis.asyncio
@@ -60,22 +58,6 @@ class Lease:
         end
         redis.call('pexpire', KEYS[1], ARGV[2])
         return 1
-    """
-
-    # KEYS: lease keys. ARGV[i]: the token of KEYS[i]; ARGV[#KEYS + i]: its new TTL in milliseconds. Each key is
-    # checked on its own, as by the script above; returns 1 (held, TTL reset) or 0 for each key, in order.
-    LUA_REFRESH_MANY_SCRIPT = """
-        local count = #KEYS
-        local held = {}
-        for i = 1, count do
-            if redis.call('get', KEYS[i]) == ARGV[i] then
-                redis.call('pexpire', KEYS[i], ARGV[count + i])
-                held[i] = 1
-            else
-                held[i] = 0
-            end
-        end
-        return held
     """
 
     lua_release: ClassVar[AsyncScript | None] = None
@@ -145,43 +127,8 @@ class Lease:
             self._confirmed_at = sent_at
         return bool(owned)
 
-    @classmethod
-    async def refresh_together(
-        cls, client: redis.asyncio.Redis, leases: Sequence[Lease], script_loaded: bool = False
-    ) -> tuple[float, list[bool]]:
-        """Refresh every lease in *leases* in one script call (each checked on its own, as by ``refresh``): when it
-        was sent, and True for each still held. Raises `LeaseUnavailable` when the call fails.
-
-        One call rather than a pipeline of one per lease: encoding, sending and parsing a thousand commands was the
-        keeper's cost. The script is called by its SHA; the rare ``NOSCRIPT`` (Redis restarted) loads it and
-        retries. The leases are left as they are: the caller confirms those it still keeps (`confirm`), since a call
-        it gave up on may yet complete, after the leases were reported lost.
-        """
-        script = cls.LUA_REFRESH_MANY_SCRIPT
-        sent_at = time.monotonic()
-        keys, arguments = cls._refresh_many_arguments(leases)
-        try:
-            replies = await client.evalsha(script_sha(script), len(keys), *keys, *arguments)
-        except redis.exceptions.NoScriptError:
-            if script_loaded:
-                raise LeaseUnavailable(f"cannot refresh {len(leases)} leases: the script does not load") from None
-            try:
-                await client.script_load(script)
-            except redis.exceptions.RedisError as error:
-                raise LeaseUnavailable(f"cannot refresh {len(leases)} leases") from error
-            return await cls.refresh_together(client, leases, script_loaded=True)
-        except redis.exceptions.RedisError as error:
-            raise LeaseUnavailable(f"cannot refresh {len(leases)} leases") from error
-        return sent_at, [reply == 1 for reply in replies]
-
-    @classmethod
-    def _refresh_many_arguments(cls, leases: Sequence[Lease]) -> tuple[list[str], list[str | int | bytes]]:
-        """KEYS and ARGV of ``LUA_REFRESH_MANY_SCRIPT`` for *leases*."""
-        arguments: list[str | int | bytes] = [lease._token for lease in leases]
-        return [lease._key for lease in leases], arguments + [lease._ttl_ms for lease in leases]
-
     def confirm(self, sent_at: float) -> None:
-        """A refresh sent at *sent_at* found the lease held (see `refresh_together`)."""
+        """A refresh sent at *sent_at* found the lease held (batches: ``ConnectionLock.refresh_together``)."""
         self._confirmed_at = sent_at
 
     async def release(self) -> bool:
@@ -197,12 +144,6 @@ class Lease:
             return await command
         except redis.exceptions.RedisError as error:
             raise LeaseUnavailable(f"cannot {action} {self._key}") from error
-
-
-@functools.cache
-def script_sha(source: str) -> str:
-    """The SHA1 by which Redis knows a script (``EVALSHA``)."""
-    return hashlib.sha1(source.encode()).hexdigest()
 
 
 class Renewable(Protocol):

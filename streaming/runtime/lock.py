@@ -10,14 +10,17 @@ as the lock and costs admission no round trip of its own; a process that dies le
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import redis.asyncio
+import redis.exceptions
 from redis.commands.core import AsyncScript
 
+from streaming.exceptions import LeaseUnavailable
 from streaming.runtime.lease import Lease
 
 KEY_PREFIX = "cm:stream-lock:user:"
@@ -125,9 +128,36 @@ class ConnectionLock(Lease):
         return bool(released)
 
     @classmethod
-    def _refresh_many_arguments(cls, leases: Sequence[Lease]) -> tuple[list[str], list[str | int | bytes]]:
-        locks = [lease for lease in leases if isinstance(lease, ConnectionLock)]
-        assert len(locks) == len(leases), "connection locks are refreshed only with connection locks"
+    async def refresh_together(
+        cls, client: redis.asyncio.Redis, locks: Sequence[ConnectionLock], script_loaded: bool = False
+    ) -> tuple[float, list[bool]]:
+        """Refresh every lock in *locks* (and its record) in one script call, each checked on its own as by
+        ``refresh``: when it was sent, and True for each still held. Raises `LeaseUnavailable` when the call fails.
+
+        One call rather than a pipeline of one per lock: encoding, sending and parsing a thousand commands was the
+        keeper's cost. The script is called by its SHA; the rare ``NOSCRIPT`` (Redis restarted) loads it and
+        retries. The locks are left as they are: the caller confirms those it still keeps (`confirm`), since a call
+        it gave up on may yet complete, after the locks were reported lost.
+        """
+        sent_at = time.monotonic()
+        keys, arguments = cls._refresh_many_arguments(locks)
+        try:
+            replies = await client.evalsha(REFRESH_MANY_SHA, len(keys), *keys, *arguments)
+        except redis.exceptions.NoScriptError:
+            if script_loaded:
+                raise LeaseUnavailable(f"cannot refresh {len(locks)} locks: the script does not load") from None
+            try:
+                await client.script_load(cls.LUA_REFRESH_MANY_SCRIPT)
+            except redis.exceptions.RedisError as error:
+                raise LeaseUnavailable(f"cannot refresh {len(locks)} locks") from error
+            return await cls.refresh_together(client, locks, script_loaded=True)
+        except redis.exceptions.RedisError as error:
+            raise LeaseUnavailable(f"cannot refresh {len(locks)} locks") from error
+        return sent_at, [reply == 1 for reply in replies]
+
+    @staticmethod
+    def _refresh_many_arguments(locks: Sequence[ConnectionLock]) -> tuple[list[str], list[str | int | bytes]]:
+        """KEYS and ARGV of ``LUA_REFRESH_MANY_SCRIPT`` for *locks*."""
         keys = [lock.key for lock in locks] + [lock.record_key for lock in locks]
         arguments: list[str | int | bytes] = [lock.token for lock in locks]
         arguments += [lock._ttl_ms for lock in locks]
@@ -148,6 +178,10 @@ class ConnectionLock(Lease):
         super().confirm(sent_at)
         if self._sending is not None:
             self._written, self._sending = self._sending, None
+
+
+REFRESH_MANY_SHA = hashlib.sha1(ConnectionLock.LUA_REFRESH_MANY_SCRIPT.encode()).hexdigest()
+"""The SHA1 by which Redis knows the batch refresh script (``EVALSHA``)."""
 
 
 class LocalLocks:
