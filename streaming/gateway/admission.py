@@ -178,12 +178,12 @@ class Admission:
             self._pending_socket.release()
         if self.lock is not None:
             lock, self.lock = self.lock, None
-            LockKeeper.for_loop().forget(lock)
             try:
-                await lock.release()
+                await LockKeeper.for_loop().release(lock)
             except LeaseUnavailable:
                 if lock.confirmed_at is not None:
-                    logger.warning("lock of user %s not released (Redis unreachable); it expires by TTL", lock.user_id)
+                    logger.warning("lock of user %s not released yet (Redis unreachable); retrying until it expires",
+                                   lock.user_id)
         if self.local_lock is not None:
             local_locks.release(*self.local_lock)
             self.local_lock = None

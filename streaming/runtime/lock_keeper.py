@@ -7,11 +7,18 @@ a small script per ``LOCKS_PER_ROUND_TRIP`` locks (so Redis serves other clients
 millisecond of its time). Each lock keeps its own TTL in Redis, so the locks of a process that dies still expire on
 their own. Loss is reported per lock, with `hold`'s rules: LOST when its key is gone or holds another token,
 UNREACHABLE when it could not be confirmed in time.
+
+Releases go through the keeper too, for the same reason: when thousands of connections close together (a deploy, a
+network blip, an admission storm's clients leaving) a release per lock waited for a pooled Redis connection until the
+pool's wait ran out, and the locks it could not release stayed until their TTL, answering their users' reconnects
+4409. Locks released while a release call runs now go together in the next call, and a release Redis could not take
+is tried again until the lock would have expired anyway.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -37,6 +44,12 @@ task for any I/O (the connection's close)."""
 _keepers: LoopLocal[LockKeeper] = LoopLocal()
 
 
+def _expires_at(lease: Lease) -> float:
+    """When Redis drops *lease*'s key by itself, at the latest (its last confirmed refresh plus its TTL)."""
+    assert lease.confirmed_at is not None
+    return lease.confirmed_at + lease.ttl
+
+
 def give_up_at(lease: Lease) -> float:
     """When ownership can no longer be assumed: a third of the TTL before the key could expire."""
     assert lease.confirmed_at is not None
@@ -53,6 +66,12 @@ class LockKeeper:
         self._tasks = BackgroundTasks()  # the refresh loop, while anything is kept
         self._changed = asyncio.Event()
         self._wake_at = 0.0  # when the refresh loop wakes up next (it recomputes its schedule then)
+        # Locks to release in the next call, each with its caller's future (None: a retry nobody waits for).
+        self._releasing: dict[ConnectionLock, asyncio.Future[bool] | None] = {}
+        self._owed: set[ConnectionLock] = set()  # releases Redis could not take: retried until the lock expires
+        self._releases = BackgroundTasks()  # the release loop and the retry timer, while anything is to release
+        self._release_loop: asyncio.Task[None] | None = None
+        self._retry_timer: asyncio.Task[None] | None = None
 
     @classmethod
     def for_loop(cls) -> LockKeeper:
@@ -77,6 +96,55 @@ class LockKeeper:
         """Stop refreshing *lease* (before releasing it). Safe to repeat."""
         self._kept.pop(lease, None)
 
+    async def release(self, lease: ConnectionLock) -> bool:
+        """Stop refreshing *lease* and release it, in one script call with every lock released meanwhile: True if
+        it was still ours. Raises `LeaseUnavailable` when Redis could not take it; the keeper then tries again every
+        ``UNREACHABLE_RETRY_SECONDS`` until the lock would have expired. A caller cancelled while waiting leaves
+        the release to go on."""
+        self.forget(lease)
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._releasing[lease] = future
+        self._start_releasing()
+        return await future
+
+    def _start_releasing(self) -> None:
+        if self._release_loop is None or self._release_loop.done():
+            self._release_loop = self._releases.spawn(self._release_waiting())
+
+    async def _release_waiting(self) -> None:
+        while self._releasing:
+            batch = dict(itertools.islice(self._releasing.items(), LOCKS_PER_ROUND_TRIP))
+            for lease in batch:
+                del self._releasing[lease]
+            try:
+                released = await ConnectionLock.release_together(self._client, list(batch))
+            except LeaseUnavailable as error:
+                self._owe(batch)
+                for future in batch.values():
+                    if future is not None and not future.done():
+                        future.set_exception(error)
+                continue
+            for future, was_ours in zip(batch.values(), released, strict=True):
+                if future is not None and not future.done():
+                    future.set_result(was_ours)
+
+    def _owe(self, batch: dict[ConnectionLock, asyncio.Future[bool] | None]) -> None:
+        """Keep *batch*'s locks for another try, those that may still exist (acquired, TTL not run out)."""
+        now = time.monotonic()
+        self._owed.update(lease for lease in batch if lease.confirmed_at is not None and now < _expires_at(lease))
+        if self._owed and (self._retry_timer is None or self._retry_timer.done()):
+            self._retry_timer = self._releases.spawn(self._retry_owed())
+
+    async def _retry_owed(self) -> None:
+        await asyncio.sleep(UNREACHABLE_RETRY_SECONDS)
+        now = time.monotonic()
+        for lease in self._owed:
+            if now < _expires_at(lease):
+                self._releasing.setdefault(lease, None)
+        self._owed.clear()
+        if self._releasing:
+            self._start_releasing()
+
     @classmethod
     async def stop_for_loop(cls) -> None:
         """Stop the running loop's keeper, if any, before the loop closes (tests run a loop each); what it kept
@@ -86,9 +154,15 @@ class LockKeeper:
             await keeper.stop()
 
     async def stop(self) -> None:
-        """Stop refreshing (what is still kept expires by its TTL, unreported)."""
+        """Stop refreshing and releasing (what is still kept or owed expires by its TTL, unreported)."""
         self._kept.clear()
+        self._owed.clear()
         await self._tasks.stop()
+        await self._releases.stop()
+        for future in self._releasing.values():
+            if future is not None:
+                future.cancel()
+        self._releasing.clear()
 
     async def _run(self) -> None:
         cancellation = CancellationGuard()
