@@ -16,11 +16,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
 
 import redis.asyncio
 import redis.exceptions
-from redis.commands.core import AsyncScript
 
 from streaming.exceptions import LeaseUnavailable
 from streaming.runtime.lease import Lease
@@ -40,14 +38,21 @@ class ConnectionLock(Lease):
     *describe* returns the connection's record (JSON bytes), called at the acquire and at each refresh.
     """
 
-    # KEYS[1]: the lock key; KEYS[2]: the record key. ARGV[1]: the token; ARGV[2]: the TTL in milliseconds;
-    # ARGV[3]: the record. Takes the lock only if nobody holds it, and writes the record with the same TTL.
-    LUA_ACQUIRE_SCRIPT = """
-        if not redis.call('set', KEYS[1], ARGV[1], 'nx', 'px', ARGV[2]) then
-            return 0
+    # KEYS[i]: lock keys, KEYS[n + i]: their record keys. ARGV[i]: the token of lock i; ARGV[n + i]: its TTL in
+    # milliseconds; ARGV[2n + i]: its record. Each lock taken only if nobody holds it, its record written with the
+    # same TTL. Returns 1 (taken) or 0 for each lock, in order.
+    LUA_ACQUIRE_MANY_SCRIPT = """
+        local count = #KEYS / 2
+        local taken = {}
+        for i = 1, count do
+            if redis.call('set', KEYS[i], ARGV[i], 'nx', 'px', ARGV[count + i]) then
+                redis.call('set', KEYS[count + i], ARGV[2 * count + i], 'px', ARGV[count + i])
+                taken[i] = 1
+            else
+                taken[i] = 0
+            end
         end
-        redis.call('set', KEYS[2], ARGV[3], 'px', ARGV[2])
-        return 1
+        return taken
     """
 
     # KEYS[i]: lock keys, KEYS[n + i]: their record keys. ARGV[i]: the token of lock i. Each lock checked on its
@@ -89,8 +94,6 @@ class ConnectionLock(Lease):
         return held
     """
 
-    lua_acquire: ClassVar[AsyncScript | None] = None
-
     def __init__(
         self, redis: redis.asyncio.Redis, user_id: int, ttl: float = DEFAULT_TTL_SECONDS,
         describe: Callable[[], bytes] = no_record,
@@ -101,21 +104,11 @@ class ConnectionLock(Lease):
         self.describe = describe
         self._written = b""  # the record as Redis holds it (last confirmed write)
         self._sending: bytes | None = None  # the record sent by a refresh not confirmed yet
-        if ConnectionLock.lua_acquire is None:
-            ConnectionLock.lua_acquire = redis.register_script(self.LUA_ACQUIRE_SCRIPT)
 
     async def acquire(self) -> bool:
         """Take the lock if nobody holds it, writing the record with it. Raises `LeaseUnavailable`."""
-        assert ConnectionLock.lua_acquire is not None
-        sent_at = time.monotonic()
-        record = self.describe()
-        acquired = await self._call("acquire", ConnectionLock.lua_acquire(
-            keys=[self.key, self.record_key], args=[self.token, self._ttl_ms, record], client=self.redis,
-        ))
-        if acquired:
-            self._written = record
-            self.confirm(sent_at)
-        return bool(acquired)
+        (acquired,) = await self.acquire_together(self.redis, [self])
+        return acquired
 
     async def refresh(self) -> bool:
         """Reset the TTL (and rewrite the record) if we still hold the lock. Raises `LeaseUnavailable`."""
@@ -145,6 +138,24 @@ class ConnectionLock(Lease):
         keys, arguments = cls._refresh_many_arguments(locks)
         replies = await _run_script(client, REFRESH_MANY, keys, arguments, f"refresh {len(locks)} locks")
         return sent_at, [reply == 1 for reply in replies]
+
+    @classmethod
+    async def acquire_together(cls, client: redis.asyncio.Redis, locks: Sequence[ConnectionLock]) -> list[bool]:
+        """Take every lock in *locks* nobody holds (writing its record) in one script call, each on its own as by
+        ``acquire``: True for each taken, which is then confirmed. Raises `LeaseUnavailable` when the call fails."""
+        sent_at = time.monotonic()
+        records = [lock.describe() for lock in locks]
+        keys = [lock.key for lock in locks] + [lock.record_key for lock in locks]
+        arguments: list[str | int | bytes] = [lock.token for lock in locks]
+        arguments += [lock._ttl_ms for lock in locks]
+        arguments += records
+        replies = await _run_script(client, ACQUIRE_MANY, keys, arguments, f"acquire {len(locks)} locks")
+        taken = [reply == 1 for reply in replies]
+        for lock, record, was_taken in zip(locks, records, taken, strict=True):
+            if was_taken:
+                lock._written = record
+                lock.confirm(sent_at)
+        return taken
 
     @classmethod
     async def release_together(cls, client: redis.asyncio.Redis, locks: Sequence[ConnectionLock]) -> list[bool]:
@@ -191,6 +202,7 @@ class Script:
         return hashlib.sha1(self.source.encode()).hexdigest()
 
 
+ACQUIRE_MANY = Script(ConnectionLock.LUA_ACQUIRE_MANY_SCRIPT)
 REFRESH_MANY = Script(ConnectionLock.LUA_REFRESH_MANY_SCRIPT)
 RELEASE_MANY = Script(ConnectionLock.LUA_RELEASE_MANY_SCRIPT)
 

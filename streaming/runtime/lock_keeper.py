@@ -8,17 +8,15 @@ millisecond of its time). Each lock keeps its own TTL in Redis, so the locks of 
 their own. Loss is reported per lock, with `hold`'s rules: LOST when its key is gone or holds another token,
 UNREACHABLE when it could not be confirmed in time.
 
-Releases go through the keeper too, for the same reason: when thousands of connections close together (a deploy, a
-network blip, an admission storm's clients leaving) a release per lock waited for a pooled Redis connection until the
-pool's wait ran out, and the locks it could not release stayed until their TTL, answering their users' reconnects
-4409. Locks released while a release call runs now go together in the next call, and a release Redis could not take
-is tried again until the lock would have expired anyway.
+Acquires and releases go through the keeper too, in batches (`streaming.runtime.batches`): a close storm's
+thousands of releases were thousands of calls waiting for the pool. A release Redis could not take is tried again
+every ``UNREACHABLE_RETRY_SECONDS`` until the lock would have expired anyway, so a user whose connection ended is not
+answered 4409 for a whole TTL.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -27,6 +25,7 @@ import redis.asyncio
 
 from streaming import metrics
 from streaming.exceptions import LeaseUnavailable
+from streaming.runtime.batches import Batches
 from streaming.runtime.lease import SAFETY_MARGIN_FRACTION, UNREACHABLE_RETRY_SECONDS, Lease, LossReason
 from streaming.runtime.lock import ConnectionLock
 from streaming.runtime.loop_local import LoopLocal
@@ -57,8 +56,8 @@ def give_up_at(lease: Lease) -> float:
 
 
 class LockKeeper:
-    """Keeps acquired connection locks (and their records) alive until forgotten or lost. One per event loop
-    (`for_loop`)."""
+    """Takes connection locks, keeps them (and their records) alive until forgotten or lost, and releases them.
+    One per event loop (`for_loop`)."""
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self._client = client
@@ -66,12 +65,16 @@ class LockKeeper:
         self._tasks = BackgroundTasks()  # the refresh loop, while anything is kept
         self._changed = asyncio.Event()
         self._wake_at = 0.0  # when the refresh loop wakes up next (it recomputes its schedule then)
-        # Locks to release in the next call, each with its caller's future (None: a retry nobody waits for).
-        self._releasing: dict[ConnectionLock, asyncio.Future[bool] | None] = {}
+        self._acquires: Batches[ConnectionLock, bool] = Batches(
+            lambda locks: ConnectionLock.acquire_together(client, locks), size=LOCKS_PER_ROUND_TRIP,
+            withdraw_cancelled=True,
+        )
+        self._releases: Batches[ConnectionLock, bool] = Batches(
+            lambda locks: ConnectionLock.release_together(client, locks), size=LOCKS_PER_ROUND_TRIP,
+            failed=self._owe,
+        )
         self._owed: set[ConnectionLock] = set()  # releases Redis could not take: retried until the lock expires
-        self._releases = BackgroundTasks()  # the release loop and the retry timer, while anything is to release
-        self._release_loop: asyncio.Task[None] | None = None
-        self._retry_timer: asyncio.Task[None] | None = None
+        self._retries = BackgroundTasks()  # the timer of the next retry, while releases are owed
 
     @classmethod
     def for_loop(cls) -> LockKeeper:
@@ -96,54 +99,33 @@ class LockKeeper:
         """Stop refreshing *lease* (before releasing it). Safe to repeat."""
         self._kept.pop(lease, None)
 
+    async def acquire(self, lease: ConnectionLock) -> bool:
+        """Take *lease* if nobody holds it, in one script call with every lock acquired meanwhile. Raises
+        `LeaseUnavailable`. A caller cancelled before the call was sent takes its lease back."""
+        return await self._acquires.submit(lease)
+
     async def release(self, lease: ConnectionLock) -> bool:
         """Stop refreshing *lease* and release it, in one script call with every lock released meanwhile: True if
         it was still ours. Raises `LeaseUnavailable` when Redis could not take it; the keeper then tries again every
-        ``UNREACHABLE_RETRY_SECONDS`` until the lock would have expired. A caller cancelled while waiting leaves
+        ``UNREACHABLE_RETRY_SECONDS`` until the lock would have expired. A caller cancelled while it waits leaves
         the release to go on."""
         self.forget(lease)
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._releasing[lease] = future
-        self._start_releasing()
-        return await future
+        return await self._releases.submit(lease)
 
-    def _start_releasing(self) -> None:
-        if self._release_loop is None or self._release_loop.done():
-            self._release_loop = self._releases.spawn(self._release_waiting())
-
-    async def _release_waiting(self) -> None:
-        while self._releasing:
-            batch = dict(itertools.islice(self._releasing.items(), LOCKS_PER_ROUND_TRIP))
-            for lease in batch:
-                del self._releasing[lease]
-            try:
-                released = await ConnectionLock.release_together(self._client, list(batch))
-            except LeaseUnavailable as error:
-                self._owe(batch)
-                for future in batch.values():
-                    if future is not None and not future.done():
-                        future.set_exception(error)
-                continue
-            for future, was_ours in zip(batch.values(), released, strict=True):
-                if future is not None and not future.done():
-                    future.set_result(was_ours)
-
-    def _owe(self, batch: dict[ConnectionLock, asyncio.Future[bool] | None]) -> None:
-        """Keep *batch*'s locks for another try, those that may still exist (acquired, TTL not run out)."""
+    def _owe(self, leases: list[ConnectionLock], error: Exception) -> None:
+        """Keep the *leases* Redis could not release for another try, those that may still exist."""
         now = time.monotonic()
-        self._owed.update(lease for lease in batch if lease.confirmed_at is not None and now < _expires_at(lease))
-        if self._owed and (self._retry_timer is None or self._retry_timer.done()):
-            self._retry_timer = self._releases.spawn(self._retry_owed())
+        self._owed.update(lease for lease in leases if lease.confirmed_at is not None and now < _expires_at(lease))
+        if self._owed and not self._retries:
+            self._retries.spawn(self._retry_owed())
 
     async def _retry_owed(self) -> None:
         await asyncio.sleep(UNREACHABLE_RETRY_SECONDS)
         now = time.monotonic()
-        for lease in self._owed:
+        owed, self._owed = self._owed, set()
+        for lease in owed:
             if now < _expires_at(lease):
-                self._releasing.setdefault(lease, None)
-        self._owed.clear()
-        if self._releasing:
-            self._start_releasing()
+                self._releases.submit_unawaited(lease)
 
     @classmethod
     async def stop_for_loop(cls) -> None:
@@ -158,11 +140,9 @@ class LockKeeper:
         self._kept.clear()
         self._owed.clear()
         await self._tasks.stop()
+        await self._retries.stop()
+        await self._acquires.stop()
         await self._releases.stop()
-        for future in self._releasing.values():
-            if future is not None:
-                future.cancel()
-        self._releasing.clear()
 
     async def _run(self) -> None:
         cancellation = CancellationGuard()

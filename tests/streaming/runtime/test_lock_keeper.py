@@ -210,6 +210,27 @@ async def test_keep_needs_an_acquired_lock(client, keeper):
         keeper.keep(ConnectionLock(client, 1, ttl=TTL), Losses().callback(1))
 
 
+async def test_locks_acquired_together_go_in_a_few_calls_each_taken_only_if_free(client, keeper):
+    """A reconnect wave: thousands of acquires at once are a handful of script calls, each lock on its own."""
+    record = b'{"user": 1}'
+    locks = [ConnectionLock(client, 5000 + n, ttl=30.0, describe=lambda: record) for n in range(LOCKS)]
+    await client.delete(*(lock.key for lock in locks))
+    held = locks[7]
+    await client.set(held.key, "someone-else", px=30_000)
+    await client.config_resetstat()
+
+    taken = await asyncio.gather(*(keeper.acquire(lock) for lock in locks))
+
+    assert taken == [lock is not held for lock in locks]
+    others = [lock for lock in locks if lock is not held]
+    assert await client.mget([lock.key for lock in others]) == [lock.token.encode() for lock in others]
+    assert set(await client.mget([lock.record_key for lock in others])) == {record}
+    assert all(lock.confirmed_at is not None for lock in others) and held.confirmed_at is None
+    assert await client.get(held.key) == b"someone-else"
+    assert await evalsha_calls(client) <= 1 + -(-LOCKS // LOCKS_PER_ROUND_TRIP)
+    await client.delete(*(lock.key for lock in locks), *(lock.record_key for lock in locks))
+
+
 async def test_locks_released_together_go_in_a_few_calls_each_deleted_only_if_still_ours(client, keeper):
     """A close storm: thousands of releases at once are a handful of script calls, not one per lock."""
     locks = await acquired_locks(client, LOCKS, ttl=30.0)
