@@ -10,6 +10,7 @@ tests/streaming/relay/test_probes.py.
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 
@@ -19,7 +20,7 @@ from tests.accounts.factories import make_key, make_user
 from tests.deployment import compose
 from tests.e2e.conftest import SIMULATOR_KEY
 from tests.e2e.processes import PROJECT_DIR, free_port
-from tests.e2e.test_relay import GATEWAY_ENV, MARKET, RELAY_ENV, RelayProcess
+from tests.e2e.test_relay import GATEWAY_ENV, MARKET, RELAY_ENV, RelayProcess, wait_until
 from tests.e2e.test_streaming import open_client
 from tests.streaming.relay.probe_client import ProbeResponse, metrics, request, until
 
@@ -169,3 +170,19 @@ async def test_a_relay_without_redis_is_alive_but_not_ready_and_fails_the_compos
 
     await ready.wait_for("/readyz", 200, READY_ACTIVE)
     assert await run_health_check(ready.port) == 0
+
+
+async def test_a_relay_whose_probe_port_is_taken_or_invalid_stops_at_once_naming_the_setting(relays):
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        relay = relays("probes-port-taken", args=("--probe-host", HOST, "--probe-port", str(taken.getsockname()[1])))
+        await wait_until(lambda: relay.process.poll() is not None, TIMEOUT)
+    assert relay.process.returncode == 1
+    assert "RELAY_PROBE_PORT" in relay.log() and "--probe-port" in relay.log()
+    assert "started" not in relay.log()
+
+    beyond = relays("probes-port-invalid", args=("--probe-port", "65536"))
+    await wait_until(lambda: beyond.process.poll() is not None, TIMEOUT)
+    assert beyond.process.returncode == 1
+    assert "--probe-port must be a port number from 0 to 65535" in beyond.log()

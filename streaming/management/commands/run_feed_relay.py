@@ -8,7 +8,6 @@ be bound stops it before it stands by.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 
@@ -22,11 +21,7 @@ from streaming.relay.probes import ProbeServer
 from streaming.relay.wire import RelayNames
 from streaming.runtime.redis_client import redis_client
 
-
-def port_number(raw: str) -> int:
-    if not (raw.isascii() and raw.isdigit()) or int(raw) > 65535:
-        raise argparse.ArgumentTypeError(f"a port number from 0 to 65535, not {raw!r}")
-    return int(raw)
+HIGHEST_PORT = 65535
 
 
 class Command(BaseCommand):
@@ -39,11 +34,13 @@ class Command(BaseCommand):
             help="Address of the probe port (/healthz, /readyz, /metrics); default $RELAY_PROBE_HOST or 0.0.0.0.",
         )
         parser.add_argument(
-            "--probe-port", type=port_number, default=django_settings.RELAY_PROBE_PORT,
+            "--probe-port", type=int, default=django_settings.RELAY_PROBE_PORT,
             help="The probe port; 0 picks a free one (printed at start-up). Default $RELAY_PROBE_PORT or 9108.",
         )
 
     def handle(self, *args, market: str, probe_host: str, probe_port: int, **options) -> None:
+        if not 0 <= probe_port <= HIGHEST_PORT:
+            raise CommandError(f"--probe-port must be a port number from 0 to {HIGHEST_PORT}, got {probe_port}.")
         settings = stream_settings()
         upstream = settings.upstreams.get(market)
         if upstream is None or not upstream.configured:
