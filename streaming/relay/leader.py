@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 1.0
 LIVE_TTL_SECONDS = 3 * HEARTBEAT_SECONDS  # gateways may open a source while this key exists
 LEASE_POLL_SECONDS = 0.5  # how often a standby tries to take the lease
-STANDBY_READY_POLLS = 4  # a standby is ready while Redis answered one of its last this many lease attempts
+STANDBY_READY_POLLS = 4  # a standby is ready while its last lease attempt was answered within this many polls
 LIVENESS_POLL_SECONDS = 1.0  # how often sources whose registration expired are looked for (and grace ends)
 UPSTREAM_CLOSE_TIMEOUT_SECONDS = 1.0
 END_TIMEOUT_SECONDS = 1.0
@@ -309,6 +309,10 @@ class FeedRelay:
 
         async def on_lost(reason: LossReason) -> None:
             logger.error("relay %s: lease %s: stopping the stream", self.market, reason.value)
+            if reason is LossReason.UNREACHABLE:
+                self.status.redis_failed()
+            else:
+                self.status.redis_answered()  # it found the lease gone or taken
             lost.set()
 
         try:

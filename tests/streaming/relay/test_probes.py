@@ -197,6 +197,23 @@ async def test_a_lease_holder_without_its_upstream_is_not_ready(probed_relays):
     assert (samples["cutemarkets_relay_lease_held"], samples["cutemarkets_relay_upstream_connected"]) == (1, 0)
 
 
+async def test_a_holder_whose_lease_is_taken_leaves_the_upstream_and_stands_by_ready(probed_relays, simulator):
+    relay = await probed_relays()
+    await until(lambda: relay.ready_as(READY_ACTIVE))
+    source = await RelaySource.open(MARKET)
+    await subscribed(source, simulator, ["T.AAPL"])
+    await until(async_check(relay.metrics, lambda now: now["cutemarkets_relay_registered_items"] == 1))
+
+    await redis_client().set(NAMES.lease, "someone-else", px=60_000)  # e.g. taken over after a Redis failover
+    await until(lambda: relay.ready_as(READY_STANDBY))
+    samples = await relay.metrics()
+    assert (samples["cutemarkets_relay_lease_held"], samples["cutemarkets_relay_upstream_connected"]) == (0, 0)
+    assert samples["cutemarkets_relay_registered_items"] == 0
+    await simulator.wait_for(lambda: simulator.open_connections(MARKET) == 0, timeout=TIMEOUT)
+    await source.close()
+    await redis_client().delete(NAMES.lease)
+
+
 async def test_the_port_answers_get_on_its_three_paths_only(probed_relays):
     relay = await probed_relays()
     await until(lambda: relay.ready_as(READY_ACTIVE))
