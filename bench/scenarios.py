@@ -19,8 +19,6 @@ from bench.clients import AdmitJob, IdleJob, ProbeJob, StreamJob
 from bench.stack import UPSTREAM_KEY, Environment, Server, Upstream
 from bench.workers import WorkerError, Workers, median, split, weighted_percentiles
 
-SERVER_SETTLE_SECONDS = 0.5
-
 
 @dataclass(frozen=True)
 class Target:
@@ -81,7 +79,6 @@ def stream_trial(env: Environment, target: Target, *, rate: float, params: list[
     server = Server(target.kind, env, upstream, target.source, extra_env=extra_env, label=target.label)
     workers = None
     try:
-        time.sleep(SERVER_SETTLE_SECONDS)
         processes = max(1, min(processes, clients))
         jobs = [StreamJob(server.url(), k, p, s, auth_by_message=target.kind == "direct")
                 for k, p, s in zip(split(keys, processes), split(params, processes), split(slow, processes),
@@ -281,7 +278,6 @@ def admission(env: Environment, targets: list[Target], *, admissions: int, concu
         upstream = Upstream(env, 0)
         server = Server(target.kind, env, upstream, target.source, label=target.label)
         try:
-            time.sleep(SERVER_SETTLE_SECONDS)
             for phase in ("warmup", "cold", "warm"):
                 phase_keys = warmup_keys if phase == "warmup" else keys
                 before = redis_commandstats(env)
@@ -382,7 +378,6 @@ def idle(env: Environment, targets: list[Target], *, steps: list[int], runs: int
         server = Server(target.kind, env, upstream, target.source, label=target.label)
         workers = None
         try:
-            time.sleep(SERVER_SETTLE_SECONDS)
             keys = env.keys[:steps[-1]]
             workers = Workers([IdleJob(server.url(), part, f"T.{symbols[index % len(symbols)]}")
                                for index, part in enumerate(split(keys, processes))])
@@ -538,7 +533,6 @@ def neighbours(env: Environment, *, attacks: list[str], rate: float, warmup: flo
         upstream = Upstream(env, rate, market="stocks")
         server = Server("daphne", env, upstream, label="gateway", deployed_address_budgets=True)
         try:
-            time.sleep(SERVER_SETTLE_SECONDS)
             baseline = victim_phase(server, stream_keys[0], probe_keys, warmup=warmup, duration=duration)
             attacked = victim_phase(server, stream_keys[1], probe_keys, warmup=warmup, duration=duration,
                                     attack=AttackJob(server.url(), kind, attacker_keys))

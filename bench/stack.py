@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -17,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +30,6 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 UPSTREAM_KEY = "bench-upstream-key"
 SECRET_KEY = "bench-only-secret-key-not-for-production-0123456789abcdef"
 READY_TIMEOUT_SECONDS = 30.0
-PORT_LINE = re.compile(rb"ws://127\.0\.0\.1:(\d+)/")
 
 
 def free_port() -> int:
@@ -51,6 +50,23 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path | None = None)
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listens on port {port}")
+
+
+def wait_for_health(port: int, process: subprocess.Popen, log: Path) -> None:
+    """Until the gateway answers ``/healthz``: its application is loaded and its event loop serves. (Not
+    ``/readyz``: a bench gateway has the upstream of one market only, which readiness reports.)"""
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode}\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"the gateway on port {port} did not answer /healthz\n{log.read_text(errors='replace')[-3000:]}")
 
 
 def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
@@ -145,22 +161,21 @@ class Environment:
 
 
 class Upstream:
-    """``python -m bench.upstream`` in a child process."""
+    """``python -m bench.upstream`` in a child process, started without waiting for it (`wait_ready`): a trial's
+    server starts meanwhile."""
 
     def __init__(self, environment: Environment, rate: float, market: str = "options") -> None:
         self.market = market
         self.stats_file = environment.directory / f"upstream-{os.getpid()}-{time.monotonic_ns()}.json"
+        self.port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.upstream", "--port", "0", "--api-key", UPSTREAM_KEY, "--rate", str(rate),
-             "--stats-file", str(self.stats_file), "--market", market],
-            cwd=PROJECT_DIR, stdout=subprocess.PIPE,
+            [sys.executable, "-m", "bench.upstream", "--port", str(self.port), "--api-key", UPSTREAM_KEY,
+             "--rate", str(rate), "--stats-file", str(self.stats_file), "--market", market],
+            cwd=PROJECT_DIR, stdout=subprocess.DEVNULL,
         )
-        assert self.process.stdout is not None
-        match = PORT_LINE.search(self.process.stdout.readline())
-        if match is None:
-            stop_process(self.process)
-            raise RuntimeError("the bench upstream did not announce its port")
-        self.port = int(match.group(1))
+
+    def wait_ready(self) -> None:
+        wait_for_port(self.port, self.process)
 
     @property
     def url(self) -> str:
@@ -193,7 +208,8 @@ neighbours scenario, which measures those budgets, keeps the deployed ones."""
 
 class Server:
     """The server under test: ``daphne`` or ``uvicorn`` serving the gateway, the ``ceiling`` fan-out server, or
-    ``direct``: no server, the clients connect to the upstream itself (the baseline for added latency)."""
+    ``direct``: no server, the clients connect to the upstream itself (the baseline for added latency). Constructed
+    once it and its upstream listen, and a gateway answers ``/healthz``."""
 
     def __init__(self, kind: str, environment: Environment, upstream: Upstream, source: Path | None = None,
                  extra_env: dict[str, str] | None = None, label: str | None = None,
@@ -204,6 +220,7 @@ class Server:
         self.label = label or kind
         self.upstream = upstream
         if kind == "direct":
+            upstream.wait_ready()
             self.port = upstream.port
             self.process = upstream.process
             self.log_path = None
@@ -232,10 +249,15 @@ class Server:
             command = [sys.executable, "-m", "bench.ceiling", "--port", str(self.port), "--upstream", upstream.url,
                        "--api-key", UPSTREAM_KEY, "--redis", environment.redis.url]
             source = PROJECT_DIR
+        if kind == "ceiling":
+            upstream.wait_ready()  # it connects upstream as it starts; a gateway only once a client subscribes
         self.log_path = environment.directory / f"{self.label}-{self.port}.log"
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, cwd=source, env=env, stdout=log, stderr=subprocess.STDOUT)
+        upstream.wait_ready()
         wait_for_port(self.port, self.process, self.log_path)
+        if kind in ("daphne", "uvicorn"):
+            wait_for_health(self.port, self.process, self.log_path)
         self.ps = psutil.Process(self.process.pid)
 
     def url(self) -> str:
