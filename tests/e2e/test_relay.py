@@ -63,11 +63,12 @@ SUBSCRIPTIONS = [
 
 
 class RelayProcess:
-    """``manage.py run_feed_relay --market M`` in a child process, logging to var/test-logs."""
+    """``manage.py run_feed_relay --market M [args]`` in a child process, logging to var/test-logs."""
 
-    def __init__(self, name: str, market: str, env: dict[str, str]) -> None:
+    def __init__(self, name: str, market: str, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
         self.name = name
         self.market = market
+        self.args = args
         self.env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "cutemarkets.settings",
@@ -84,7 +85,7 @@ class RelayProcess:
     def start(self) -> RelayProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "run_feed_relay", "--market", self.market],
+                [sys.executable, "manage.py", "run_feed_relay", "--market", self.market, *self.args],
                 cwd=PROJECT_DIR, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )
         return self
