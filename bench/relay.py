@@ -47,7 +47,9 @@ class Relay:
         self.log_path = env.directory / f"relay-{time.monotonic_ns()}.log"
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "run_feed_relay", "--market", MARKET], cwd=PROJECT_DIR,
+                # A free probe port: the default one may be taken on a shared machine.
+                [sys.executable, "manage.py", "run_feed_relay", "--market", MARKET, "--probe-port", "0"],
+                cwd=PROJECT_DIR,
                 env=env.django_env(UPSTREAM_OPTIONS_URL=upstream.url, UPSTREAM_API_KEY=UPSTREAM_KEY),
                 stdout=log, stderr=subprocess.STDOUT,
             )

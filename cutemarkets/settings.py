@@ -49,6 +49,16 @@ def env_float(name: str, default: float, allow_zero: bool = False) -> float:
     return value
 
 
+def env_port(name: str, default: int) -> int:
+    """A TCP port number; 0 lets the system pick a free one."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > 65535:
+        raise ImproperlyConfigured(f"{name} must be a port number from 0 to 65535, got {raw!r}.")
+    return int(raw)
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     raw = os.environ.get(name)
     if raw is None:
@@ -326,3 +336,6 @@ STREAM_RELAY_PREFIX = os.environ.get("STREAM_RELAY_PREFIX") or "cm:relay:"
 STREAM_RELAY_REGISTRATION_TTL = env_float("STREAM_RELAY_REGISTRATION_TTL", 15.0)
 STREAM_RELAY_UNSUBSCRIBE_GRACE = env_float("STREAM_RELAY_UNSUBSCRIBE_GRACE", 5.0, allow_zero=True)
 STREAM_RELAY_LEASE_TTL = env_float("STREAM_RELAY_LEASE_TTL", 5.0)
+# Where a feed relay serves /healthz, /readyz and /metrics (`manage.py run_feed_relay --probe-host/--probe-port`).
+RELAY_PROBE_HOST = os.environ.get("RELAY_PROBE_HOST") or "0.0.0.0"
+RELAY_PROBE_PORT = env_port("RELAY_PROBE_PORT", 9108)

@@ -7,7 +7,8 @@ announced changes one by one (`streaming.relay.wire.Change`; a change costs what
 holds), keeps its upstream subscriptions equal to the union, and publishes each upstream frame as an envelope carrying
 its epoch and sequence number. The other relay polls the lease and takes over within about one lease TTL when the holder
 dies. A holder that cannot confirm its lease closes the upstream connection before the lease could expire, so the
-upstream never sees two.
+upstream never sees two. Each relay keeps its `RelayStatus` current, which its probe port reports
+(`streaming.relay.probes`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import redis.exceptions
 
 from streaming.conf import Upstream
 from streaming.exceptions import LeaseUnavailable, UpstreamError
+from streaming.relay.status import RelayStatus
 from streaming.relay.subscriptions import SourceItems, UpstreamSubscriptions
 from streaming.relay.wire import (
     KIND_ACK,
@@ -47,6 +49,7 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 1.0
 LIVE_TTL_SECONDS = 3 * HEARTBEAT_SECONDS  # gateways may open a source while this key exists
 LEASE_POLL_SECONDS = 0.5  # how often a standby tries to take the lease
+STANDBY_READY_POLLS = 4  # a standby is ready while its last lease attempt was answered within this many polls
 LIVENESS_POLL_SECONDS = 1.0  # how often sources whose registration expired are looked for (and grace ends)
 UPSTREAM_CLOSE_TIMEOUT_SECONDS = 1.0
 END_TIMEOUT_SECONDS = 1.0
@@ -134,8 +137,9 @@ class RelaySession:
     """One upstream connection of the active relay, published as one epoch."""
 
     def __init__(self, market: str, names: RelayNames, client: redis.asyncio.Redis, connection: UpstreamConnection,
-                 epoch: int, grace_seconds: float) -> None:
+                 epoch: int, grace_seconds: float, status: RelayStatus) -> None:
         self.market = market
+        self.status = status
         self.names = names
         self.redis = client
         self.connection = connection
@@ -179,6 +183,7 @@ class RelaySession:
         async for frame in self.connection.frames():
             data = frame
             await self.publisher.publish(KIND_FRAME, data)
+            self.status.frames_published += 1
             subscribed, unsubscribed = upstream_acks(data)
             if subscribed or unsubscribed:
                 completed = self.subscriptions.answered(subscribed + unsubscribed)
@@ -240,6 +245,7 @@ class RelaySession:
             await self.connection.subscribe(added)
         if removed:
             await self.connection.unsubscribe(removed)
+        self.status.registered_items = len(self.subscriptions.subscribed)
         if added or removed:
             logger.info("relay %s: upstream +%d -%d items (now %d)", self.market, len(added), len(removed),
                         len(self.subscriptions.subscribed))
@@ -257,16 +263,21 @@ class FeedRelay:
         self.lease_ttl = lease_ttl
         self.grace_seconds = grace_seconds
         self.stopping = asyncio.Event()
+        self.status = RelayStatus(market, redis_fresh_seconds=STANDBY_READY_POLLS * LEASE_POLL_SECONDS)
 
     def stop(self) -> None:
         self.stopping.set()
 
     async def run(self) -> None:
         """Alternate between standing by and streaming until `stop`."""
-        while not self.stopping.is_set():
-            lease = RelayLease(self.redis, self.names, self.lease_ttl)
-            if await self._acquire(lease):
-                await self._lead(lease)
+        self.status.running = True
+        try:
+            while not self.stopping.is_set():
+                lease = RelayLease(self.redis, self.names, self.lease_ttl)
+                if await self._acquire(lease):
+                    await self._lead(lease)
+        finally:
+            self.status.running = False
 
     async def _acquire(self, lease: RelayLease) -> bool:
         """Poll for the lease; True once held, False when stopping first."""
@@ -274,15 +285,21 @@ class FeedRelay:
         announced = False
         while not self.stopping.is_set():
             try:
-                if await lease.acquire():
+                acquired = await lease.acquire()
+            except LeaseUnavailable as error:
+                self.status.redis_failed()
+                logger.warning("relay %s: cannot reach Redis for the lease: %s", self.market, error.__cause__)
+            else:
+                self.status.redis_answered()
+                if acquired:
+                    self.status.lease_held = True
+                    self.status.lease_acquisitions += 1
                     logger.info("relay %s: lease acquired after %.1f s: active", self.market,
                                 time.monotonic() - waiting_since)
                     return True
                 if not announced:
                     logger.info("relay %s: another relay holds the lease: standing by", self.market)
                     announced = True
-            except LeaseUnavailable as error:
-                logger.warning("relay %s: cannot reach Redis for the lease: %s", self.market, error.__cause__)
             await self._pause(LEASE_POLL_SECONDS)
         return False
 
@@ -292,11 +309,16 @@ class FeedRelay:
 
         async def on_lost(reason: LossReason) -> None:
             logger.error("relay %s: lease %s: stopping the stream", self.market, reason.value)
+            if reason is LossReason.UNREACHABLE:
+                self.status.redis_failed()
+            else:
+                self.status.redis_answered()  # it found the lease gone or taken
             lost.set()
 
         try:
             await first_failure(hold(lease, on_lost), self._stream(), self.stopping.wait())
         finally:
+            self.status.lease_held = False
             if not lost.is_set():
                 await asyncio.shield(self._release(lease))
 
@@ -316,20 +338,26 @@ class FeedRelay:
             try:
                 connection = await UpstreamConnection.open(self.upstream.url, self.upstream.api_key)
             except UpstreamError as error:
+                self.status.upstream_failures += 1
                 logger.warning("relay %s: upstream unavailable: %s", self.market, error)
                 backoff.record_failure()
                 continue
+            self.status.upstream_connected = True
             reason = "relay stopped streaming"
             session: RelaySession | None = None
             try:
                 epoch = await honouring_cancellation(self.redis.incr(self.names.epoch))
-                session = RelaySession(self.market, self.names, self.redis, connection, epoch, self.grace_seconds)
+                session = RelaySession(self.market, self.names, self.redis, connection, epoch, self.grace_seconds,
+                                       self.status)
                 await session.run()
             except (UpstreamError, redis.exceptions.RedisError) as error:
+                self.status.upstream_failures += 1
                 reason = f"upstream feed unavailable: {error}"
                 logger.warning("relay %s: stream ended: %s", self.market, error)
                 backoff.record_failure(time.monotonic() - connected_at)
             finally:
+                self.status.upstream_connected = False
+                self.status.registered_items = 0
                 # The upstream connection first: a relay losing its lease must be off the feed before it expires.
                 await asyncio.shield(_close_upstream(connection))
                 if session is not None:

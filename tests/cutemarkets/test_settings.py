@@ -22,7 +22,7 @@ except ImproperlyConfigured as error:
     print(f"ImproperlyConfigured: {error}", file=sys.stderr)
     sys.exit(3)
 """
-CONFIGURATION_PREFIXES = ("DJANGO_", "REDIS_", "METRICS_", "LOG_", "AXES_")
+CONFIGURATION_PREFIXES = ("DJANGO_", "REDIS_", "METRICS_", "LOG_", "AXES_", "RELAY_")
 """Variables of this machine's environment that each case replaces with its own (a clean deployment)."""
 STRONG_SECRET = "settings-test-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"
 SENTINEL_ENV = {
@@ -102,10 +102,20 @@ def test_the_sentinels_own_password_is_separate():
         ({"AXES_FAILURE_LIMIT": "0"}, "AXES_FAILURE_LIMIT"),
         ({"AXES_COOLOFF_MINUTES": "0"}, "AXES_COOLOFF_MINUTES"),
         ({"DJANGO_HTTPS": "1", "DJANGO_HSTS_SECONDS": "-1"}, "DJANGO_HSTS_SECONDS"),
+        ({"RELAY_PROBE_PORT": "http"}, "RELAY_PROBE_PORT"),
+        ({"RELAY_PROBE_PORT": "65536"}, "RELAY_PROBE_PORT"),
+        ({"RELAY_PROBE_PORT": "-1"}, "RELAY_PROBE_PORT"),
     ],
 )
 def test_a_misconfiguration_stops_the_process_naming_the_variable(env, named):
     assert named in refusal(**env)
+
+
+def test_the_relay_probe_port_defaults_to_9108_on_every_address():
+    assert load("RELAY_PROBE_HOST", "RELAY_PROBE_PORT") == {"RELAY_PROBE_HOST": "0.0.0.0", "RELAY_PROBE_PORT": 9108}
+    assert load("RELAY_PROBE_HOST", "RELAY_PROBE_PORT", RELAY_PROBE_HOST="10.0.0.5", RELAY_PROBE_PORT="0") == {
+        "RELAY_PROBE_HOST": "10.0.0.5", "RELAY_PROBE_PORT": 0
+    }
 
 
 def test_json_log_format_and_production_static_storage():

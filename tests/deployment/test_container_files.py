@@ -82,6 +82,16 @@ def test_two_gateway_replicas_share_one_upstream_per_market_through_two_relays_e
     }
 
 
+def test_each_relay_is_checked_on_the_readiness_of_its_probe_port():
+    """Its health check asks ``/readyz`` on ``RELAY_PROBE_PORT`` (tests/e2e/test_relay_probes.py runs it)."""
+    for relay in RELAYS:
+        definition = service(relay)
+        assert interpolate(definition["environment"]["RELAY_PROBE_PORT"], PLAIN_UP) == "9108"
+        check = " ".join(definition["healthcheck"]["test"])
+        assert "/readyz" in check and "RELAY_PROBE_PORT" in check
+        assert "ports" not in definition  # an operator's port, reached inside the network, never published
+
+
 def test_gateway_and_simulator_run_the_image_built_from_the_dockerfile():
     for name in (*GATEWAYS, "feed-simulator", *RELAYS):
         definition = service(name)

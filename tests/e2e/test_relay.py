@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,10 +63,15 @@ SUBSCRIPTIONS = [
 ]
 
 
-class RelayProcess:
-    """``manage.py run_feed_relay --market M [args]`` in a child process, logging to var/test-logs."""
+PROBE_PORT_LINE = re.compile(r"probes on http://.*:(\d+)/")
 
-    def __init__(self, name: str, market: str, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+
+class RelayProcess:
+    """``manage.py run_feed_relay --market M`` in a child process, logging to var/test-logs; by default its probe
+    port is a free one (``--probe-port 0``), as several run on this machine."""
+
+    def __init__(self, name: str, market: str, env: dict[str, str],
+                 args: tuple[str, ...] = ("--probe-port", "0")) -> None:
         self.name = name
         self.market = market
         self.args = args
@@ -110,6 +116,13 @@ class RelayProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    async def probe_port(self) -> int:
+        """The port its start-up line names, once it printed it."""
+        await wait_until(lambda: PROBE_PORT_LINE.search(self.log()) or self.process.poll() is not None)
+        found = PROBE_PORT_LINE.search(self.log())
+        assert found, self.log()[-3000:]
+        return int(found[1])
 
 
 async def wait_until(predicate: Callable[[], object], timeout: float = WAIT_SECONDS) -> float:
