@@ -6,7 +6,6 @@ relay metric name against a real feed relay's probe port; and the send path's hi
 from __future__ import annotations
 
 import asyncio
-import re
 
 import pytest
 
@@ -23,7 +22,7 @@ from tests.e2e.clients import TIMEOUT, bearer, rejected
 from tests.e2e.conftest import SIMULATOR_KEY
 from tests.e2e.processes import GatewayProcess
 from tests.e2e.test_deployment import scrape, value
-from tests.e2e.test_relay import RelayProcess, wait_until
+from tests.e2e.test_relay import RelayProcess
 from tests.e2e.test_streaming import open_client
 
 pytestmark = pytest.mark.e2e
@@ -31,8 +30,6 @@ pytestmark = pytest.mark.e2e
 MARKET = "stocks"
 TRADES = [{"ev": "T", "sym": "AAPL", "p": 100.0 + number, "s": 1, "t": number} for number in range(3)]
 HISTOGRAM = "cutemarkets_stream_send_delay_seconds"
-PROBE_PORT = re.compile(r"probe\S*\s.*?(?:port\s+|:)(\d{2,5})\b", re.IGNORECASE)
-"""The port in the relay's start-up line naming its probes (``--probe-port 0`` picks a free one)."""
 
 
 @pytest.fixture
@@ -112,7 +109,7 @@ async def test_every_gateway_metric_the_alerts_and_the_dashboard_use_is_exported
 
 @pytest.fixture
 async def probed_relay(simulator, transactional_db):
-    """A feed relay of the stocks market with its probes on a free loopback port (it prints the port)."""
+    """A feed relay of the stocks market, streaming from the simulator, its probes on a free loopback port."""
     relay = RelayProcess("observed-relay", MARKET, {
         "STREAM_RELAY_PREFIX": "cm:relay-observed:",
         "UPSTREAM_STOCKS_URL": simulator.url(MARKET),
@@ -124,10 +121,7 @@ async def probed_relay(simulator, transactional_db):
 
 
 async def test_every_relay_metric_the_alerts_and_the_dashboard_use_is_exported(probed_relay):
-    await wait_until(lambda: PROBE_PORT.search(probed_relay.log()) or probed_relay.process.poll() is not None)
-    found = PROBE_PORT.search(probed_relay.log())
-    assert found, probed_relay.log()[-3000:]
-    port = int(found[1])
+    port = await probed_relay.probe_port()
     samples = await scrape_until(port, lambda samples: value(samples, "cutemarkets_relay_lease_held", market=MARKET))
     exported = series_names(samples)
     names = relay_names(names_used({**alert_expressions(), **dashboard_expressions()}))
