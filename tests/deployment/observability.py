@@ -1,7 +1,8 @@
 """The PromQL of deploy/prometheus/alerts.yml and deploy/grafana/cutemarkets.json, and the metric names it uses.
 
-A dashboard or an alert on a name nobody exports shows nothing and never fires, silently; the tests compare the
-names found here with what a gateway's and a relay's ``/metrics`` really export (tests/e2e/test_observability.py).
+A dashboard or an alert on a name nobody exports shows nothing and never fires, silently, and so does one that
+matches or groups by a label its metric does not have; the tests compare the names and labels found here with what
+a gateway's and a relay's ``/metrics`` really export (tests/e2e/test_observability.py).
 
 ``metric_names`` reads PromQL the way its grammar separates names from everything else: string literals, label
 matchers (``{...}``), ranges and subqueries (``[...]``) and grouping clauses (``by (...)``, ``on (...)``, ...) hold
@@ -27,6 +28,9 @@ DASHBOARD_FILE = PROJECT_DIR / "deploy" / "grafana" / "cutemarkets.json"
 PROMETHEUS_OWN = frozenset({"up"})
 """Series Prometheus writes itself for each target, not exported by any process."""
 
+TARGET_LABELS = frozenset({"instance", "job"})
+"""Labels Prometheus adds to every series it scrapes."""
+
 RELAY_PREFIX = "cutemarkets_relay_"
 """Names of the feed relay's metrics (its probe port); every other ``cutemarkets_`` name is the gateway's."""
 
@@ -41,6 +45,9 @@ BRACES = re.compile(r"\{[^{}]*\}")
 BRACKETS = re.compile(r"\[[^\[\]]*\]")
 GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", re.IGNORECASE)
 IDENTIFIER = re.compile(r"(?<![\w.:])([A-Za-z_:][A-Za-z0-9_:]*)(\s*\()?")
+SELECTOR = re.compile(r"(?<![\w.:])([A-Za-z_:][A-Za-z0-9_:]*)\s*\{([^{}]*)\}")
+MATCHER = re.compile(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)")
+GROUPING_LABELS = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^()]*)\)", re.IGNORECASE)
 LABEL_VALUES = re.compile(r"^\s*label_values\((?P<selector>.*),\s*\w+\s*\)\s*$")
 
 
@@ -55,6 +62,38 @@ def metric_names(expression: str) -> set[str]:
         name for name, call in IDENTIFIER.findall(text)
         if not call and name.lower() not in KEYWORDS
     }
+
+
+def labels_used(expression: str) -> tuple[dict[str, set[str]], set[str]]:
+    """The labels *expression* matches on, per metric name (``name{label="..."}``), and those it groups or joins by
+    (``by (...)``, ``on (...)``, ...)."""
+    text = STRING.sub('""', GRAFANA_VARIABLE.sub("", expression))
+    matched: dict[str, set[str]] = {}
+    for name, matchers in SELECTOR.findall(text):
+        matched.setdefault(name, set()).update(MATCHER.findall(matchers))
+    grouped = {
+        label.strip() for labels in GROUPING_LABELS.findall(text) for label in labels.split(",") if label.strip()
+    }
+    return matched, grouped
+
+
+def label_problems(expressions: dict[str, str], exported: dict[str, set[str]]) -> list[str]:
+    """What the expressions match or group by that the metrics they use do not carry, given each exported series
+    name's labels. Expressions on names *exported* does not know (another process's) are left to their own check."""
+    problems = []
+    known = {**exported, **{name: set() for name in PROMETHEUS_OWN}}
+    for where, expression in expressions.items():
+        names = metric_names(expression) & known.keys()
+        if not names:
+            continue
+        matched, grouped = labels_used(expression)
+        for name, labels in matched.items():
+            if name in known and (missing := labels - known[name] - TARGET_LABELS):
+                problems.append(f"{where}: {name} has no label {sorted(missing)}")
+        available = set().union(*(known[name] for name in names)) | TARGET_LABELS
+        if missing := grouped - available:
+            problems.append(f"{where}: no metric of it has the label {sorted(missing)}")
+    return problems
 
 
 def alert_expressions(path: Path = ALERTS_FILE) -> dict[str, str]:

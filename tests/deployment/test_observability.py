@@ -25,6 +25,8 @@ from tests.deployment.observability import (
     alert_expressions,
     dashboard_expressions,
     gateway_names,
+    label_problems,
+    labels_used,
     metric_names,
     names_used,
     relay_names,
@@ -163,3 +165,26 @@ def test_the_files_use_the_gateway_and_the_relay_metrics_they_are_about():
     used = names_used({**alert_expressions(), **dashboard_expressions()})
     assert "cutemarkets_stream_send_delay_seconds_bucket" in gateway_names(used)
     assert len(relay_names(used)) == 6
+
+
+def test_labels_are_told_from_values_and_grouping():
+    assert labels_used(
+        'sum by (market, le) (rate(x_bucket{code="4401", market=~"$market"}[5m])) and on (instance) up{job="a"}'
+    ) == ({"x_bucket": {"code", "market"}, "up": {"job"}}, {"market", "le", "instance"})
+
+
+def test_a_label_its_metrics_do_not_carry_is_reported():
+    """Rejections carry a close code, refusals a reason: grouping one by the other's label is a silent mistake."""
+    exported = {"cutemarkets_stream_rejections_total": {"market", "code"},
+                "cutemarkets_stream_refusals_total": {"market", "reason"}}
+    expressions = {
+        "right": 'sum by (instance, reason) (rate(cutemarkets_stream_refusals_total{market="stocks"}[5m]))',
+        "wrong grouping": "sum by (reason) (rate(cutemarkets_stream_rejections_total[5m]))",
+        "wrong matcher": 'rate(cutemarkets_stream_refusals_total{code="4401"}[5m])',
+        "another process's": 'sum by (lease) (cutemarkets_relay_lease_held{holder="a"})',
+        "prometheus's own": 'up{job="cutemarkets-gateway"} == 0',
+    }
+    assert label_problems(expressions, exported) == [
+        "wrong grouping: no metric of it has the label ['reason']",
+        "wrong matcher: cutemarkets_stream_refusals_total has no label ['code']",
+    ]

@@ -14,6 +14,7 @@ from tests.deployment.observability import (
     alert_expressions,
     dashboard_expressions,
     gateway_names,
+    label_problems,
     names_used,
     relay_names,
     unexported,
@@ -39,6 +40,17 @@ def stocks_key(transactional_db) -> str:
 
 def series_names(samples: dict) -> set[str]:
     return {name for name, _ in samples}
+
+
+def series_labels(samples: dict) -> dict[str, set[str]]:
+    labels: dict[str, set[str]] = {}
+    for name, pairs in samples:
+        labels.setdefault(name, set()).update(label for label, _ in pairs)
+    return labels
+
+
+def expressions() -> dict[str, str]:
+    return {**alert_expressions(), **dashboard_expressions()}
 
 
 async def scrape_until(port: int, predicate) -> dict:
@@ -98,9 +110,10 @@ async def test_every_gateway_metric_the_alerts_and_the_dashboard_use_is_exported
         lambda samples: value(samples, "cutemarkets_stream_closes_total", market=MARKET, code="1000") == 1,
     )
     exported = series_names(samples)
-    used = names_used({**alert_expressions(), **dashboard_expressions()})
+    used = names_used(expressions())
     names = gateway_names(used)
     assert unexported(names, exported) == [], {name: used[name] for name in unexported(names, exported)}
+    assert label_problems(expressions(), series_labels(samples)) == []
     # The same check fails for a name nobody exports, and for a histogram used by its bare name.
     assert unexported(names | {"cutemarkets_stream_imaginary_total", HISTOGRAM}, exported) == [
         "cutemarkets_stream_imaginary_total", HISTOGRAM
@@ -124,6 +137,7 @@ async def test_every_relay_metric_the_alerts_and_the_dashboard_use_is_exported(p
     port = await probed_relay.probe_port()
     samples = await scrape_until(port, lambda samples: value(samples, "cutemarkets_relay_lease_held", market=MARKET))
     exported = series_names(samples)
-    names = relay_names(names_used({**alert_expressions(), **dashboard_expressions()}))
+    names = relay_names(names_used(expressions()))
     assert unexported(names, exported) == []
+    assert label_problems(expressions(), series_labels(samples)) == []
     assert unexported(names | {"cutemarkets_relay_imaginary_total"}, exported) == ["cutemarkets_relay_imaginary_total"]
