@@ -189,9 +189,10 @@ class ForwardedTotals:
     upstream frame (its read from the feed, or from Redis in relay mode) to the outbox's write of it to the
     client's transport: one observation per write that carries upstream data, the delay of the oldest upstream
     frame in it (a write can merge several), counted in the slot of its bucket (``SEND_DELAY_BOUNDS``): a clock
-    read, a ``bisect`` on thirteen floats and two additions, a few hundred nanoseconds, no lock. A closing
-    connection's counts join its market's retired totals under the lock the scrape takes (the scrape runs in a
-    worker thread), so a total never goes back.
+    read, a ``bisect`` on thirteen floats and two additions, no lock (with the arrival time kept beside each queued
+    frame, about 0.5 µs more per frame queued and written on the 2-core test machine, where the socket write itself
+    costs several). A closing connection's counts join its market's retired totals under the lock the scrape takes
+    (the scrape runs in a worker thread), so a total never goes back.
     """
 
     def __init__(self) -> None:
