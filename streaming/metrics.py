@@ -169,7 +169,7 @@ class _Sums:
 
     def add_counts(self, counts: SentCounts) -> None:
         # The connection's event loop keeps counting while a scrape reads: copy its buckets in one step (a list
-        # copy holds the GIL throughout), so the buckets read are one moment's, never a mix that could decrease.
+        # copy holds the GIL throughout), so the buckets read are one moment's, not a mix of two.
         self.add(counts.frames_sent, counts.bytes_sent, counts.send_delay_counts[:], counts.send_delay_seconds)
 
     def delay_buckets(self) -> list[tuple[str, float]]:

@@ -149,7 +149,7 @@ class Outbox:
             flow_control.write_text(frame)
             self.frames_sent += 1
             self.bytes_sent += len(frame)
-            if received_at:  # _sent, inlined: on this path a method call would cost half as much as the counting
+            if received_at:  # _sent, inlined: on the hot path a method call would add a quarter to its cost
                 delay = monotonic() - received_at
                 self.send_delay_counts[bisect_left(SEND_DELAY_BOUNDS, delay)] += 1
                 self.send_delay_seconds += delay
