@@ -10,6 +10,7 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from cutemarkets import garbage_collection  # noqa: E402
 from streaming.daphne import install as daphne_shim, upgrade_filter  # noqa: E402
 from streaming.gateway.fairness import AddressBudgets  # noqa: E402
 from streaming.gateway.middleware import ApiKeyMiddleware, origin_checked  # noqa: E402
@@ -24,3 +25,4 @@ application = ProtocolTypeRouter(
         "websocket": origin_checked(ApiKeyMiddleware(URLRouter(websocket_urlpatterns))),
     }
 )
+garbage_collection.tune_for_server()  # last: everything above lives as long as the process

@@ -15,6 +15,7 @@ import enum
 import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from accounts.keys import Denial, Entitlement
@@ -72,12 +73,12 @@ class Candidate(Recheckable, Protocol):
         """The connection's record for operators (``live_connections``), written with its lock."""
 
 
-async def acquire_patiently(lock: ConnectionLock, wait: float) -> bool:
+async def acquire_patiently(attempt: Callable[[], Awaitable[bool]], wait: float) -> bool:
     """A client that closes and reconnects at once races its old connection's release (which follows the
-    close handshake): retry for a short while before answering 4409."""
+    close handshake): *attempt* to take the lock again for a short while before answering 4409."""
     deadline = time.monotonic() + wait
     delay = LOCK_RETRY_FIRST_DELAY
-    while not await lock.acquire():
+    while not await attempt():
         if time.monotonic() + delay > deadline:
             return False
         await asyncio.sleep(delay)
@@ -178,12 +179,12 @@ class Admission:
             self._pending_socket.release()
         if self.lock is not None:
             lock, self.lock = self.lock, None
-            LockKeeper.for_loop().forget(lock)
             try:
-                await lock.release()
+                await LockKeeper.for_loop().release(lock)
             except LeaseUnavailable:
                 if lock.confirmed_at is not None:
-                    logger.warning("lock of user %s not released (Redis unreachable); it expires by TTL", lock.user_id)
+                    logger.warning("lock of user %s not released yet (Redis unreachable); retrying until it expires",
+                                   lock.user_id)
         if self.local_lock is not None:
             local_locks.release(*self.local_lock)
             self.local_lock = None
@@ -207,7 +208,8 @@ class Admission:
             self.local_lock = (entitlement.user_id, lock.token)
         self.lock = lock  # released on every exit path; the release is token-checked, so always safe
         try:
-            acquired = await acquire_patiently(lock, settings.lock_wait)
+            attempt = functools.partial(LockKeeper.for_loop().acquire, lock)
+            acquired = await acquire_patiently(attempt, settings.lock_wait)
         except LeaseUnavailable:
             if not fail_open:
                 logger.error("admission refused: Redis unreachable (STREAM_LOCK_FAILURE_MODE=closed)")

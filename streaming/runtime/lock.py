@@ -10,15 +10,15 @@ as the lock and costs admission no round trip of its own; a process that dies le
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from dataclasses import dataclass
 
 import redis.asyncio
 import redis.exceptions
-from redis.commands.core import AsyncScript
 
 from streaming.exceptions import LeaseUnavailable
 from streaming.runtime.lease import Lease
@@ -38,23 +38,37 @@ class ConnectionLock(Lease):
     *describe* returns the connection's record (JSON bytes), called at the acquire and at each refresh.
     """
 
-    # KEYS[1]: the lock key; KEYS[2]: the record key. ARGV[1]: the token; ARGV[2]: the TTL in milliseconds;
-    # ARGV[3]: the record. Takes the lock only if nobody holds it, and writes the record with the same TTL.
-    LUA_ACQUIRE_SCRIPT = """
-        if not redis.call('set', KEYS[1], ARGV[1], 'nx', 'px', ARGV[2]) then
-            return 0
+    # KEYS[i]: lock keys, KEYS[n + i]: their record keys. ARGV[i]: the token of lock i; ARGV[n + i]: its TTL in
+    # milliseconds; ARGV[2n + i]: its record. Each lock taken only if nobody holds it, its record written with the
+    # same TTL. Returns 1 (taken) or 0 for each lock, in order.
+    LUA_ACQUIRE_MANY_SCRIPT = """
+        local count = #KEYS / 2
+        local taken = {}
+        for i = 1, count do
+            if redis.call('set', KEYS[i], ARGV[i], 'nx', 'px', ARGV[count + i]) then
+                redis.call('set', KEYS[count + i], ARGV[2 * count + i], 'px', ARGV[count + i])
+                taken[i] = 1
+            else
+                taken[i] = 0
+            end
         end
-        redis.call('set', KEYS[2], ARGV[3], 'px', ARGV[2])
-        return 1
+        return taken
     """
 
-    # KEYS[1]: the lock key; KEYS[2]: the record key. ARGV[1]: the token. Deletes both only while the lock holds it.
-    LUA_RELEASE_WITH_RECORD_SCRIPT = """
-        if redis.call('get', KEYS[1]) ~= ARGV[1] then
-            return 0
+    # KEYS[i]: lock keys, KEYS[n + i]: their record keys. ARGV[i]: the token of lock i. Each lock checked on its
+    # own: deleted with its record only while it holds its token. Returns 1 (released) or 0 for each lock, in order.
+    LUA_RELEASE_MANY_SCRIPT = """
+        local count = #KEYS / 2
+        local released = {}
+        for i = 1, count do
+            if redis.call('get', KEYS[i]) == ARGV[i] then
+                redis.call('del', KEYS[i], KEYS[count + i])
+                released[i] = 1
+            else
+                released[i] = 0
+            end
         end
-        redis.call('del', KEYS[1], KEYS[2])
-        return 1
+        return released
     """
 
     # KEYS[i]: lock keys, KEYS[n + i]: their record keys. ARGV[i]: the token of lock i; ARGV[n + i]: its TTL in
@@ -80,9 +94,6 @@ class ConnectionLock(Lease):
         return held
     """
 
-    lua_acquire: ClassVar[AsyncScript | None] = None
-    lua_release_with_record: ClassVar[AsyncScript | None] = None
-
     def __init__(
         self, redis: redis.asyncio.Redis, user_id: int, ttl: float = DEFAULT_TTL_SECONDS,
         describe: Callable[[], bytes] = no_record,
@@ -93,23 +104,11 @@ class ConnectionLock(Lease):
         self.describe = describe
         self._written = b""  # the record as Redis holds it (last confirmed write)
         self._sending: bytes | None = None  # the record sent by a refresh not confirmed yet
-        if ConnectionLock.lua_acquire is None:
-            ConnectionLock.lua_acquire = redis.register_script(self.LUA_ACQUIRE_SCRIPT)
-        if ConnectionLock.lua_release_with_record is None:
-            ConnectionLock.lua_release_with_record = redis.register_script(self.LUA_RELEASE_WITH_RECORD_SCRIPT)
 
     async def acquire(self) -> bool:
         """Take the lock if nobody holds it, writing the record with it. Raises `LeaseUnavailable`."""
-        assert ConnectionLock.lua_acquire is not None
-        sent_at = time.monotonic()
-        record = self.describe()
-        acquired = await self._call("acquire", ConnectionLock.lua_acquire(
-            keys=[self.key, self.record_key], args=[self.token, self._ttl_ms, record], client=self.redis,
-        ))
-        if acquired:
-            self._written = record
-            self.confirm(sent_at)
-        return bool(acquired)
+        (acquired,) = await self.acquire_together(self.redis, [self])
+        return acquired
 
     async def refresh(self) -> bool:
         """Reset the TTL (and rewrite the record) if we still hold the lock. Raises `LeaseUnavailable`."""
@@ -121,39 +120,51 @@ class ConnectionLock(Lease):
     async def release(self) -> bool:
         """Delete the lock and its record if the lock still holds our token; True if it did. Safe to repeat.
         Raises `LeaseUnavailable`."""
-        assert ConnectionLock.lua_release_with_record is not None
-        released = await self._call("release", ConnectionLock.lua_release_with_record(
-            keys=[self.key, self.record_key], args=[self.token], client=self.redis,
-        ))
-        return bool(released)
+        (released,) = await self.release_together(self.redis, [self])
+        return released
 
     @classmethod
     async def refresh_together(
-        cls, client: redis.asyncio.Redis, locks: Sequence[ConnectionLock], script_loaded: bool = False
+        cls, client: redis.asyncio.Redis, locks: Sequence[ConnectionLock]
     ) -> tuple[float, list[bool]]:
         """Refresh every lock in *locks* (and its record) in one script call, each checked on its own as by
         ``refresh``: when it was sent, and True for each still held. Raises `LeaseUnavailable` when the call fails.
 
         One call rather than a pipeline of one per lock: encoding, sending and parsing a thousand commands was the
-        keeper's cost. The script is called by its SHA; the rare ``NOSCRIPT`` (Redis restarted) loads it and
-        retries. The locks are left as they are: the caller confirms those it still keeps (`confirm`), since a call
-        it gave up on may yet complete, after the locks were reported lost.
+        keeper's cost. The locks are left as they are: the caller confirms those it still keeps (`confirm`), since
+        a call it gave up on may yet complete, after the locks were reported lost.
         """
         sent_at = time.monotonic()
         keys, arguments = cls._refresh_many_arguments(locks)
-        try:
-            replies = await client.evalsha(REFRESH_MANY_SHA, len(keys), *keys, *arguments)
-        except redis.exceptions.NoScriptError:
-            if script_loaded:
-                raise LeaseUnavailable(f"cannot refresh {len(locks)} locks: the script does not load") from None
-            try:
-                await client.script_load(cls.LUA_REFRESH_MANY_SCRIPT)
-            except redis.exceptions.RedisError as error:
-                raise LeaseUnavailable(f"cannot refresh {len(locks)} locks") from error
-            return await cls.refresh_together(client, locks, script_loaded=True)
-        except redis.exceptions.RedisError as error:
-            raise LeaseUnavailable(f"cannot refresh {len(locks)} locks") from error
+        replies = await _run_script(client, REFRESH_MANY, keys, arguments, f"refresh {len(locks)} locks")
         return sent_at, [reply == 1 for reply in replies]
+
+    @classmethod
+    async def acquire_together(cls, client: redis.asyncio.Redis, locks: Sequence[ConnectionLock]) -> list[bool]:
+        """Take every lock in *locks* nobody holds (writing its record) in one script call, each on its own as by
+        ``acquire``: True for each taken, which is then confirmed. Raises `LeaseUnavailable` when the call fails."""
+        sent_at = time.monotonic()
+        records = [lock.describe() for lock in locks]
+        keys = [lock.key for lock in locks] + [lock.record_key for lock in locks]
+        arguments: list[str | int | bytes] = [lock.token for lock in locks]
+        arguments += [lock._ttl_ms for lock in locks]
+        arguments += records
+        replies = await _run_script(client, ACQUIRE_MANY, keys, arguments, f"acquire {len(locks)} locks")
+        taken = [reply == 1 for reply in replies]
+        for lock, record, was_taken in zip(locks, records, taken, strict=True):
+            if was_taken:
+                lock._written = record
+                lock.confirm(sent_at)
+        return taken
+
+    @classmethod
+    async def release_together(cls, client: redis.asyncio.Redis, locks: Sequence[ConnectionLock]) -> list[bool]:
+        """Release every lock in *locks* (and its record) in one script call, each checked on its own as by
+        ``release``: True for each that was still ours. Raises `LeaseUnavailable` when the call fails."""
+        keys = [lock.key for lock in locks] + [lock.record_key for lock in locks]
+        replies = await _run_script(client, RELEASE_MANY, keys, [lock.token for lock in locks],
+                                    f"release {len(locks)} locks")
+        return [reply == 1 for reply in replies]
 
     @staticmethod
     def _refresh_many_arguments(locks: Sequence[ConnectionLock]) -> tuple[list[str], list[str | int | bytes]]:
@@ -180,8 +191,36 @@ class ConnectionLock(Lease):
             self._written, self._sending = self._sending, None
 
 
-REFRESH_MANY_SHA = hashlib.sha1(ConnectionLock.LUA_REFRESH_MANY_SCRIPT.encode()).hexdigest()
-"""The SHA1 by which Redis knows the batch refresh script (``EVALSHA``)."""
+@dataclass(frozen=True)
+class Script:
+    """A Lua script called by its SHA1 (``EVALSHA``): the batch calls send thousands of keys, not the script too."""
+
+    source: str
+
+    @functools.cached_property
+    def sha(self) -> str:
+        return hashlib.sha1(self.source.encode()).hexdigest()
+
+
+ACQUIRE_MANY = Script(ConnectionLock.LUA_ACQUIRE_MANY_SCRIPT)
+REFRESH_MANY = Script(ConnectionLock.LUA_REFRESH_MANY_SCRIPT)
+RELEASE_MANY = Script(ConnectionLock.LUA_RELEASE_MANY_SCRIPT)
+
+
+async def _run_script(
+    client: redis.asyncio.Redis, script: Script, keys: Sequence[str], arguments: Sequence[str | int | bytes],
+    action: str,
+) -> list[int]:
+    """*script*'s replies for *keys* and *arguments*. The rare ``NOSCRIPT`` (Redis restarted) loads it and
+    retries once. Raises `LeaseUnavailable` (naming *action*) when Redis cannot run it."""
+    try:
+        try:
+            return await client.evalsha(script.sha, len(keys), *keys, *arguments)
+        except redis.exceptions.NoScriptError:
+            await client.script_load(script.source)
+            return await client.evalsha(script.sha, len(keys), *keys, *arguments)
+    except redis.exceptions.RedisError as error:
+        raise LeaseUnavailable(f"cannot {action}") from error
 
 
 class LocalLocks:

@@ -7,6 +7,11 @@ a small script per ``LOCKS_PER_ROUND_TRIP`` locks (so Redis serves other clients
 millisecond of its time). Each lock keeps its own TTL in Redis, so the locks of a process that dies still expire on
 their own. Loss is reported per lock, with `hold`'s rules: LOST when its key is gone or holds another token,
 UNREACHABLE when it could not be confirmed in time.
+
+Acquires and releases go through the keeper too, in batches (`streaming.runtime.batches`): a close storm's
+thousands of releases were thousands of calls waiting for the pool. A release Redis could not take is tried again
+every ``UNREACHABLE_RETRY_SECONDS`` until the lock would have expired anyway, so a user whose connection ended is not
+answered 4409 for a whole TTL.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import redis.asyncio
 
 from streaming import metrics
 from streaming.exceptions import LeaseUnavailable
+from streaming.runtime.batches import Batches
 from streaming.runtime.lease import SAFETY_MARGIN_FRACTION, UNREACHABLE_RETRY_SECONDS, Lease, LossReason
 from streaming.runtime.lock import ConnectionLock
 from streaming.runtime.loop_local import LoopLocal
@@ -37,6 +43,12 @@ task for any I/O (the connection's close)."""
 _keepers: LoopLocal[LockKeeper] = LoopLocal()
 
 
+def _expires_at(lease: Lease) -> float:
+    """When Redis drops *lease*'s key by itself, at the latest (its last confirmed refresh plus its TTL)."""
+    assert lease.confirmed_at is not None
+    return lease.confirmed_at + lease.ttl
+
+
 def give_up_at(lease: Lease) -> float:
     """When ownership can no longer be assumed: a third of the TTL before the key could expire."""
     assert lease.confirmed_at is not None
@@ -44,8 +56,8 @@ def give_up_at(lease: Lease) -> float:
 
 
 class LockKeeper:
-    """Keeps acquired connection locks (and their records) alive until forgotten or lost. One per event loop
-    (`for_loop`)."""
+    """Takes connection locks, keeps them (and their records) alive until forgotten or lost, and releases them.
+    One per event loop (`for_loop`)."""
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self._client = client
@@ -53,6 +65,16 @@ class LockKeeper:
         self._tasks = BackgroundTasks()  # the refresh loop, while anything is kept
         self._changed = asyncio.Event()
         self._wake_at = 0.0  # when the refresh loop wakes up next (it recomputes its schedule then)
+        self._acquires: Batches[ConnectionLock, bool] = Batches(
+            lambda locks: ConnectionLock.acquire_together(client, locks), size=LOCKS_PER_ROUND_TRIP,
+            withdraw_cancelled=True,
+        )
+        self._releases: Batches[ConnectionLock, bool] = Batches(
+            lambda locks: ConnectionLock.release_together(client, locks), size=LOCKS_PER_ROUND_TRIP,
+            failed=self._owe,
+        )
+        self._owed: set[ConnectionLock] = set()  # releases Redis could not take: retried until the lock expires
+        self._retries = BackgroundTasks()  # the timer of the next retry, while releases are owed
 
     @classmethod
     def for_loop(cls) -> LockKeeper:
@@ -77,6 +99,34 @@ class LockKeeper:
         """Stop refreshing *lease* (before releasing it). Safe to repeat."""
         self._kept.pop(lease, None)
 
+    async def acquire(self, lease: ConnectionLock) -> bool:
+        """Take *lease* if nobody holds it, in one script call with every lock acquired meanwhile. Raises
+        `LeaseUnavailable`. A caller cancelled before the call was sent takes its lease back."""
+        return await self._acquires.submit(lease)
+
+    async def release(self, lease: ConnectionLock) -> bool:
+        """Stop refreshing *lease* and release it, in one script call with every lock released meanwhile: True if
+        it was still ours. Raises `LeaseUnavailable` when Redis could not take it; the keeper then tries again every
+        ``UNREACHABLE_RETRY_SECONDS`` until the lock would have expired. A caller cancelled while it waits leaves
+        the release to go on."""
+        self.forget(lease)
+        return await self._releases.submit(lease)
+
+    def _owe(self, leases: list[ConnectionLock], error: Exception) -> None:
+        """Keep the *leases* Redis could not release for another try, those that may still exist."""
+        now = time.monotonic()
+        self._owed.update(lease for lease in leases if lease.confirmed_at is not None and now < _expires_at(lease))
+        if self._owed and not self._retries:
+            self._retries.spawn(self._retry_owed())
+
+    async def _retry_owed(self) -> None:
+        await asyncio.sleep(UNREACHABLE_RETRY_SECONDS)
+        now = time.monotonic()
+        owed, self._owed = self._owed, set()
+        for lease in owed:
+            if now < _expires_at(lease):
+                self._releases.submit_unawaited(lease)
+
     @classmethod
     async def stop_for_loop(cls) -> None:
         """Stop the running loop's keeper, if any, before the loop closes (tests run a loop each); what it kept
@@ -86,9 +136,13 @@ class LockKeeper:
             await keeper.stop()
 
     async def stop(self) -> None:
-        """Stop refreshing (what is still kept expires by its TTL, unreported)."""
+        """Stop refreshing and releasing (what is still kept or owed expires by its TTL, unreported)."""
         self._kept.clear()
+        self._owed.clear()
         await self._tasks.stop()
+        await self._retries.stop()
+        await self._acquires.stop()
+        await self._releases.stop()
 
     async def _run(self) -> None:
         cancellation = CancellationGuard()

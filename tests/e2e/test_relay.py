@@ -68,10 +68,10 @@ PROBE_PORT_LINE = re.compile(r"probes on http://.*:(\d+)/")
 
 class RelayProcess:
     """``manage.py run_feed_relay --market M`` in a child process, logging to var/test-logs; by default its probe
-    port is a free one (``--probe-port 0``), as several run on this machine."""
+    port is a free one on loopback (``--probe-port 0``), as several run on this machine."""
 
     def __init__(self, name: str, market: str, env: dict[str, str],
-                 args: tuple[str, ...] = ("--probe-port", "0")) -> None:
+                 args: tuple[str, ...] = ("--probe-host", "127.0.0.1", "--probe-port", "0")) -> None:
         self.name = name
         self.market = market
         self.args = args

@@ -27,6 +27,7 @@ from tests.streaming.relay.probe_client import ProbeResponse, metrics, request, 
 pytestmark = pytest.mark.e2e
 
 HOST = "127.0.0.1"
+FREE_PROBE_PORT = ("--probe-host", HOST, "--probe-port", "0")
 TIMEOUT = 30.0  # generous: two cores shared with other test runs
 TRADE = {"ev": "T", "sym": "AAPL", "p": 1.0, "s": 1, "t": 1, "q": 1}
 READY_ACTIVE = {"status": "ready", "checks": {"redis": "ok", "lease": "held", "upstream": "connected"}, "failed": []}
@@ -54,7 +55,7 @@ async def simulator():
 async def relays(simulator):
     started: list[RelayProcess] = []
 
-    def start(name: str, args: tuple[str, ...] = ("--probe-port", "0"), **env: str) -> RelayProcess:
+    def start(name: str, args: tuple[str, ...] = FREE_PROBE_PORT, **env: str) -> RelayProcess:
         relay = RelayProcess(name, MARKET, {
             **RELAY_ENV,
             "UPSTREAM_STOCKS_URL": simulator.url(MARKET),
@@ -157,9 +158,10 @@ async def run_health_check(port: int) -> int:
 
 async def test_a_relay_without_redis_is_alive_but_not_ready_and_fails_the_compose_health_check(relays):
     ready_port, unready_port = free_port(), free_port()
-    # Both take their probe port from RELAY_PROBE_PORT, as in docker-compose.yml.
-    ready = Probes(await relays("probes-ready", args=(), RELAY_PROBE_PORT=str(ready_port)).probe_port())
-    unready = Probes(await relays("probes-no-redis", args=(), RELAY_PROBE_PORT=str(unready_port),
+    # Both take their probe address from the environment, as in docker-compose.yml.
+    ready = Probes(await relays("probes-ready", args=(), RELAY_PROBE_HOST=HOST,
+                                RELAY_PROBE_PORT=str(ready_port)).probe_port())
+    unready = Probes(await relays("probes-no-redis", args=(), RELAY_PROBE_HOST=HOST, RELAY_PROBE_PORT=str(unready_port),
                                   REDIS_URL=f"redis://127.0.0.1:{free_port()}/0").probe_port())
     assert (ready.port, unready.port) == (ready_port, unready_port)
 

@@ -126,7 +126,7 @@ async def test_a_lock_released_while_waiting_is_taken(client):
     holder = ConnectionLock(client, USER)
     assert await holder.acquire()
     newcomer = WatchedLock(client, USER)
-    waiting = asyncio.ensure_future(acquire_patiently(newcomer, wait=TIMEOUT))
+    waiting = asyncio.ensure_future(acquire_patiently(newcomer.acquire, wait=TIMEOUT))
     await asyncio.wait_for(newcomer.attempted.wait(), TIMEOUT)
     assert newcomer.attempts[0][1] is False  # the old connection still held it
     assert await holder.release()
@@ -139,7 +139,7 @@ async def test_a_lock_held_throughout_is_refused_with_retries_that_back_off(clie
     assert await ConnectionLock(client, USER).acquire()
     newcomer = WatchedLock(client, USER)
     started = time.monotonic()
-    assert not await acquire_patiently(newcomer, wait)
+    assert not await acquire_patiently(newcomer.acquire, wait)
     gave_up_after = time.monotonic() - started
     assert not any(acquired for _, acquired in newcomer.attempts)
     # Retries start at LOCK_RETRY_FIRST_DELAY and double up to LOCK_RETRY_MAX_DELAY; none would end past the wait.
@@ -154,7 +154,7 @@ async def test_a_lock_held_throughout_is_refused_with_retries_that_back_off(clie
 async def test_without_patience_a_held_lock_is_refused_after_one_attempt(client):
     assert await ConnectionLock(client, USER).acquire()
     newcomer = WatchedLock(client, USER)
-    assert not await acquire_patiently(newcomer, wait=0)
+    assert not await acquire_patiently(newcomer.acquire, wait=0)
     assert len(newcomer.attempts) == 1
 
 

@@ -12,6 +12,7 @@ import redis.asyncio
 from prometheus_client import REGISTRY
 
 from devstack.redis_server import RedisServer
+from streaming.exceptions import LeaseUnavailable
 from streaming.runtime.lease import SAFETY_MARGIN_FRACTION, LossReason
 from streaming.runtime.lock import ConnectionLock
 from streaming.runtime.lock_keeper import LOCKS_PER_ROUND_TRIP, LockKeeper
@@ -207,3 +208,75 @@ async def test_locks_are_still_kept_after_redis_forgot_the_refresh_script(client
 async def test_keep_needs_an_acquired_lock(client, keeper):
     with pytest.raises(RuntimeError):
         keeper.keep(ConnectionLock(client, 1, ttl=TTL), Losses().callback(1))
+
+
+async def test_locks_acquired_together_go_in_a_few_calls_each_taken_only_if_free(client, keeper):
+    """A reconnect wave: thousands of acquires at once are a handful of script calls, each lock on its own."""
+    record = b'{"user": 1}'
+    locks = [ConnectionLock(client, 5000 + n, ttl=30.0, describe=lambda: record) for n in range(LOCKS)]
+    await client.delete(*(lock.key for lock in locks))
+    held = locks[7]
+    await client.set(held.key, "someone-else", px=30_000)
+    await client.config_resetstat()
+
+    taken = await asyncio.gather(*(keeper.acquire(lock) for lock in locks))
+
+    assert taken == [lock is not held for lock in locks]
+    others = [lock for lock in locks if lock is not held]
+    assert await client.mget([lock.key for lock in others]) == [lock.token.encode() for lock in others]
+    assert set(await client.mget([lock.record_key for lock in others])) == {record}
+    assert all(lock.confirmed_at is not None for lock in others) and held.confirmed_at is None
+    assert await client.get(held.key) == b"someone-else"
+    assert await evalsha_calls(client) <= 1 + -(-LOCKS // LOCKS_PER_ROUND_TRIP)
+    await client.delete(*(lock.key for lock in locks), *(lock.record_key for lock in locks))
+
+
+async def test_locks_released_together_go_in_a_few_calls_each_deleted_only_if_still_ours(client, keeper):
+    """A close storm: thousands of releases at once are a handful of script calls, not one per lock."""
+    locks = await acquired_locks(client, LOCKS, ttl=30.0)
+    stolen = locks[7]
+    await client.set(stolen.key, "someone-else", px=30_000)
+    await client.config_resetstat()
+
+    released = await asyncio.gather(*(keeper.release(lock) for lock in locks))
+
+    assert released == [lock is not stolen for lock in locks]
+    others = [lock for lock in locks if lock is not stolen]
+    assert await client.exists(*(lock.key for lock in others), *(lock.record_key for lock in others)) == 0
+    assert await client.get(stolen.key) == b"someone-else"
+    assert await evalsha_calls(client) <= 1 + -(-LOCKS // LOCKS_PER_ROUND_TRIP)
+
+
+async def test_a_release_redis_could_not_take_is_tried_again_until_the_lock_is_gone(
+    private_redis: RedisServer, private_client: redis.asyncio.Redis
+) -> None:
+    """The bench's close storm: releases waited for a pooled connection until the pool's wait ran out, and their
+    locks stayed for a whole TTL, answering the users' reconnects 4409."""
+    pool = redis.asyncio.BlockingConnectionPool.from_url(private_redis.url, max_connections=1, timeout=0.2)
+    pooled = redis.asyncio.Redis(connection_pool=pool)
+    keeper = LockKeeper(pooled)
+    (lock,) = await acquired_locks(private_client, 1, ttl=30.0)
+    taken = await pool.get_connection()  # every connection of the pool busy
+    try:
+        with pytest.raises(LeaseUnavailable):
+            await keeper.release(lock)
+        assert await private_client.exists(lock.key, lock.record_key) == 2
+        await pool.release(taken)
+        async with asyncio.timeout(WAIT_LIMIT_SECONDS):  # far less than the lock's TTL
+            while await private_client.exists(lock.key, lock.record_key):
+                await asyncio.sleep(0.05)
+    finally:
+        await keeper.stop()
+        await pooled.aclose()
+
+
+async def test_a_release_whose_caller_was_cancelled_still_happens(client, keeper):
+    (lock,) = await acquired_locks(client, 1, ttl=30.0)
+    releasing = asyncio.create_task(keeper.release(lock))
+    await asyncio.sleep(0)  # the task asked for the release and waits for its call
+    assert not releasing.done()
+    releasing.cancel()
+
+    async with asyncio.timeout(WAIT_LIMIT_SECONDS):
+        while await client.exists(lock.key, lock.record_key):
+            await asyncio.sleep(0.05)
