@@ -8,7 +8,7 @@ LOCK := requirements/development.txt
 PRODUCTION_LOCK := requirements/production.txt
 export DJANGO_SETTINGS_MODULE := cutemarkets.settings
 
-.PHONY: run test lint serve test-postgres bench bench-quick setup system-deps lock clean
+.PHONY: run test lint serve test-postgres bench bench-quick setup system-deps test-deps lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +38,18 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	fi
 
+# promtool (Debian's prometheus package) checks deploy/prometheus and the dashboard's queries in the tests.
+test-deps:
+	@if ! command -v promtool >/dev/null; then \
+		echo "Installing prometheus (for promtool) with apt-get..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			prometheus >/dev/null; \
+	fi
+
 run: setup
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python -m devstack.run
 
-test: setup
+test: setup test-deps
 	@if [ -n "$$REDIS_URL" ]; then \
 		DJANGO_DEBUG=1 $(BIN)/pytest $(PYTEST_ARGS); \
 	else \

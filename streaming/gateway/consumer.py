@@ -217,9 +217,9 @@ class MarketDataConsumer(AsyncWebsocketConsumer):
 
     # --- what the hub calls ---------------------------------------------------------------------------------------
 
-    def deliver(self, frames: list[bytes], events: int = 0) -> None:
+    def deliver(self, frames: list[bytes], events: int = 0, received_at: float = 0.0) -> None:
         outbox = self.outbox
-        if self.phase is Phase.ADMITTED and outbox is not None and not outbox.put(frames, events):
+        if self.phase is Phase.ADMITTED and outbox is not None and not outbox.put(frames, events, received_at):
             metrics.slow_consumer(self.market)
             self.phase = Phase.CLOSING
             outbox.stop()

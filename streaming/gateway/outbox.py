@@ -15,18 +15,23 @@ whole batch of upstream frames in one turn, and each client then writes once. El
 communicators) a writer task awaits the ASGI ``send`` per frame.
 
 Each outbox counts what it hands to the socket (``frames_sent``, ``bytes_sent``) as plain integers, which the
-metrics sum when scraped (``metrics.ForwardedTotals``).
+metrics sum when scraped (``metrics.ForwardedTotals``), and so the send path's delay: each queued frame keeps the
+moment the hub received the upstream frame it came from (``received_at``, 0 for the consumer's own statuses), and
+each write that carries upstream data counts the delay of its oldest one in a bucket of ``SEND_DELAY_BOUNDS``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Awaitable, Callable
+from time import monotonic
 
 from streaming.daphne.flow_control import FlowControl
 from streaming.hub.index import MAX_FRAME_BYTES
+from streaming.metrics import SEND_DELAY_BOUNDS
 from streaming.runtime.loop_local import LoopLocal
 
 logger = logging.getLogger(__name__)
@@ -78,7 +83,10 @@ class Outbox:
         self.frames_sent = 0
         self.bytes_sent = 0
         self.events_queued = 0  # market-data events accepted for the client (the live record's count)
+        self.send_delay_counts = [0] * (len(SEND_DELAY_BOUNDS) + 1)
+        self.send_delay_seconds = 0.0
         self._frames: deque[bytes] = deque()
+        self._received: deque[float] = deque()  # beside each queued frame: when the hub received its upstream frame
         self._queued_bytes = 0
         self._ready = asyncio.Event() if flow_control is None else None  # the ASGI writer task's wake-up
         self._writer: asyncio.Task | None = None
@@ -93,8 +101,9 @@ class Outbox:
         if self._ready is not None:
             self._writer = asyncio.ensure_future(self._drain(self._ready))
 
-    def put(self, frames: list[bytes], events: int = 0) -> bool:
-        """Queue UTF-8 text frames (carrying *events* market-data events) in order; False (and nothing queued) if
+    def put(self, frames: list[bytes], events: int = 0, received_at: float = 0.0) -> bool:
+        """Queue UTF-8 text frames (carrying *events* market-data events, from an upstream frame the hub received
+        at ``time.monotonic()`` *received_at*, or 0 for the consumer's own) in order; False (and nothing queued) if
         they would exceed the budget."""
         if self._stopped:
             return True
@@ -102,6 +111,10 @@ class Outbox:
         if self._queued_bytes + size > self.limit_bytes:
             return False
         self._frames.extend(frames)
+        if len(frames) == 1:
+            self._received.append(received_at)
+        else:
+            self._received.extend([received_at] * len(frames))
         self._queued_bytes += size
         self.events_queued += events
         if self._ready is not None:
@@ -118,6 +131,7 @@ class Outbox:
             self._writer.cancel()
             self._writer = None
         self._frames.clear()
+        self._received.clear()
         self._queued_bytes = 0
 
     def flush(self) -> None:
@@ -131,10 +145,14 @@ class Outbox:
                 if not flow_control.is_closed():
                     self._writer = asyncio.ensure_future(self._flush_when_writable(flow_control))
                 return
-            frame = self._next_frame()
+            frame, received_at = self._next_frame()
             flow_control.write_text(frame)
             self.frames_sent += 1
             self.bytes_sent += len(frame)
+            if received_at:  # _sent, inlined: on the hot path a method call would add a quarter to its cost
+                delay = monotonic() - received_at
+                self.send_delay_counts[bisect_left(SEND_DELAY_BOUNDS, delay)] += 1
+                self.send_delay_seconds += delay
 
     async def _flush_when_writable(self, flow_control: FlowControl) -> None:
         await flow_control.wait_writable()
@@ -146,15 +164,24 @@ class Outbox:
             if not self._frames:
                 ready.clear()
                 await ready.wait()
-            frame = self._next_frame()
+            frame, received_at = self._next_frame()
             await self._send(frame)
-            self.frames_sent += 1
-            self.bytes_sent += len(frame)
+            self._sent(frame, received_at)
 
-    def _next_frame(self) -> bytes:
-        """The first queued frame, merged with those behind it into one array while it stays under the limit."""
-        frames = self._frames
+    def _sent(self, frame: bytes, received_at: float) -> None:
+        self.frames_sent += 1
+        self.bytes_sent += len(frame)
+        if received_at:
+            delay = monotonic() - received_at
+            self.send_delay_counts[bisect_left(SEND_DELAY_BOUNDS, delay)] += 1
+            self.send_delay_seconds += delay
+
+    def _next_frame(self) -> tuple[bytes, float]:
+        """The first queued frame, merged with those behind it into one array while it stays under the limit, and
+        when the hub received the oldest upstream frame in it (0 if none: only the consumer's own statuses)."""
+        frames, received = self._frames, self._received
         frame = frames.popleft()
+        received_at = received.popleft()
         size = len(frame)
         taken = size
         if frames and size > 2:
@@ -165,9 +192,11 @@ class Outbox:
                 if grown >= MAX_FRAME_BYTES or len(following) <= 2:
                     break
                 parts.append(frames.popleft())
+                later = received.popleft()
+                received_at = received_at or later
                 taken += len(following)
                 size = grown
             if len(parts) > 1:
                 frame = b"[" + b",".join([part[1:-1] for part in parts]) + b"]"
         self._queued_bytes -= taken
-        return frame
+        return frame, received_at

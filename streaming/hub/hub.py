@@ -41,8 +41,9 @@ YIELD_INTERVAL_SECONDS = 0.005  # longest the router runs through a backlog befo
 class Subscriber(Hashable, Protocol):
     """What the hub needs from a client connection (the index keys clients by identity)."""
 
-    def deliver(self, frames: list[bytes], events: int) -> None:
-        """Queue UTF-8 text frames carrying *events* events for the client (never blocks)."""
+    def deliver(self, frames: list[bytes], events: int, received_at: float) -> None:
+        """Queue UTF-8 text frames carrying *events* events for the client (never blocks), from an upstream frame
+        the hub received at ``time.monotonic()`` *received_at* (where the send path's delay starts)."""
 
     def upstream_failed(self, message: str) -> None:
         """The upstream is gone: tell the client and close it (1011)."""
@@ -281,7 +282,8 @@ class UpstreamHub:
                 if not await self._wait_for_clients_while_reading(frames):
                     return
                 continue
-            self._dispatch(await self._next_frame(frames))
+            frame = await self._next_frame(frames)
+            self._dispatch(frame, time.monotonic())
             # A backlog of frames would otherwise be routed without ever letting the client writers (and daphne's
             # reactor) run: give them their turn at least every YIELD_INTERVAL_SECONDS, or fast clients look slow.
             # Not after every frame: frames routed in one go leave as one merged frame per client (see Outbox), so
@@ -315,7 +317,7 @@ class UpstreamHub:
                     frame = await anext(frames)
             except TimeoutError:
                 return False
-            self._dispatch(frame)
+            self._dispatch(frame, time.monotonic())
         return True
 
     async def _disconnect(self) -> None:
@@ -368,8 +370,8 @@ class UpstreamHub:
             self._unheld(self.index.remove(client))
             client.upstream_failed(message)
 
-    def _dispatch(self, frame: bytes) -> None:
-        """Route one upstream frame, batched per group of identical subscriptions.
+    def _dispatch(self, frame: bytes, received_at: float) -> None:
+        """Route one upstream frame, received at *received_at*, batched per group of identical subscriptions.
 
         A group that takes every event of the frame (its wildcards cover all the frame's event types) gets the
         upstream frame itself, unchanged; the other groups get frames built from their events, each event encoded
@@ -387,7 +389,7 @@ class UpstreamHub:
                 raise UpstreamUnavailable("upstream sent an event that is not an object")
             event_type = event.get("ev")
             if event_type == STATUS_EVENT:
-                self._route_status(event)
+                self._route_status(event, received_at)
                 continue
             symbol = event.get("sym", event.get("T"))  # LULD and NOI carry the ticker in T
             if isinstance(event_type, str) and isinstance(symbol, str):
@@ -401,7 +403,7 @@ class UpstreamHub:
                 frames, count = [frame], len(events)
                 for group in whole:
                     for client in group.members:
-                        client.deliver(frames, count)
+                        client.deliver(frames, count, received_at)
                 if len(whole) == self.index.group_count():
                     return
         dumps = orjson.dumps
@@ -410,9 +412,9 @@ class UpstreamHub:
             frames, count = encode_frames(group.batch), len(group.batch)
             group.batch = []
             for client in group.members:
-                client.deliver(frames, count)
+                client.deliver(frames, count, received_at)
 
-    def _route_status(self, event: dict) -> None:
+    def _route_status(self, event: dict, received_at: float) -> None:
         """Upstream acks complete the hub's own requests (clients get their own acks); other statuses go to the
         clients they concern: those holding the item they name, or everyone if they name none."""
         message = str(event.get("message", ""))
@@ -427,5 +429,5 @@ class UpstreamHub:
         ) or self.index.clients()
         frame = orjson.dumps([event])
         for client in dict.fromkeys(concerned):
-            client.deliver([frame], 1)
+            client.deliver([frame], 1, received_at)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import REGISTRY
 
 from streaming import metrics
@@ -35,6 +36,8 @@ def test_every_series_with_known_labels_exists_from_the_start():
         assert sample("cutemarkets_stream_connections", market=market) is not None
         assert sample("cutemarkets_upstream_reconnects_total", market=market) is not None
         assert sample("cutemarkets_stream_forwarded_frames_total", market=market) is not None
+        assert sample("cutemarkets_stream_send_delay_seconds_bucket", market=market, le="+Inf") is not None
+        assert sample("cutemarkets_stream_send_delay_seconds_count", market=market) is not None
     for reason in ("lost", "unreachable"):
         assert sample("cutemarkets_stream_lock_refresh_failures_total", reason=reason) is not None
 
@@ -73,6 +76,13 @@ class Sent:
     def __init__(self) -> None:
         self.frames_sent = 0
         self.bytes_sent = 0
+        self.send_delay_counts = [0] * (len(metrics.SEND_DELAY_BOUNDS) + 1)
+        self.send_delay_seconds = 0.0
+
+    def observe(self, slot: int, seconds: float) -> None:
+        """What the outbox does for one write (streaming/gateway/outbox.py, ``Outbox._sent``)."""
+        self.send_delay_counts[slot] += 1
+        self.send_delay_seconds += seconds
 
 
 def test_forwarded_frames_and_bytes_are_summed_from_live_connections_and_kept_when_they_close():
@@ -92,6 +102,35 @@ def test_forwarded_frames_and_bytes_are_summed_from_live_connections_and_kept_wh
     assert changes("cutemarkets_stream_forwarded_frames_total", market="stocks") == 5
     metrics.FORWARDED.retire("stocks", second)
     assert changes("cutemarkets_stream_forwarded_frames_total", market="stocks") == 5
+
+
+def test_send_delays_are_summed_into_cumulative_buckets_and_kept_when_connections_close():
+    changes = Changes()
+    first, second = Sent(), Sent()
+    metrics.FORWARDED.track("options", first)
+    metrics.FORWARDED.track("options", second)
+    bounds = metrics.SEND_DELAY_BOUNDS
+    first.observe(bounds.index(0.001), 0.0008)  # 0.8 ms: in the bucket up to 1 ms
+    first.observe(len(bounds), 7.0)  # past the last bound: +Inf only
+    second.observe(bounds.index(0.05), 0.03)
+
+    def bucket(le: str) -> float:
+        return changes("cutemarkets_stream_send_delay_seconds_bucket", market="options", le=le)
+
+    assert [bucket("0.0005"), bucket("0.001"), bucket("0.025"), bucket("0.05"), bucket("5.0"), bucket("+Inf")] == [
+        0, 1, 1, 2, 2, 3
+    ]
+    assert changes("cutemarkets_stream_send_delay_seconds_count", market="options") == 3
+    assert changes("cutemarkets_stream_send_delay_seconds_sum", market="options") == pytest.approx(7.0308)
+    assert changes("cutemarkets_stream_send_delay_seconds_count", market="stocks") == 0
+    metrics.FORWARDED.retire("options", first)
+    first.observe(0, 0.0001)  # no longer looked at
+    second.observe(0, 0.0001)
+    assert changes("cutemarkets_stream_send_delay_seconds_count", market="options") == 4
+    assert bucket("0.0005") == 1
+    metrics.FORWARDED.retire("options", second)
+    assert changes("cutemarkets_stream_send_delay_seconds_count", market="options") == 4
+    assert changes("cutemarkets_stream_send_delay_seconds_sum", market="options") == pytest.approx(7.0309)
 
 
 def test_upstream_state_and_reconnects():

@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import pytest
 
+from streaming.gateway import outbox as outbox_module
 from streaming.gateway.outbox import Outbox
 from streaming.hub.index import MAX_FRAME_BYTES
+from streaming.metrics import SEND_DELAY_BOUNDS
 
 
 class AsgiSink:
@@ -186,3 +189,85 @@ async def test_direct_path_gives_up_when_the_socket_closes():
     socket.resume()
     await turns()
     assert socket.written == []
+
+
+class Clock:
+    """``time.monotonic`` as the outbox sees it, moved by the test."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    clock = Clock(100.0)
+    monkeypatch.setattr(outbox_module, "monotonic", clock)
+    return clock
+
+
+def bucket(upper_bound: float) -> int:
+    """The slot of ``send_delay_counts`` whose bucket ends at *upper_bound* (``inf``: the last)."""
+    return len(SEND_DELAY_BOUNDS) if upper_bound == float("inf") else SEND_DELAY_BOUNDS.index(upper_bound)
+
+
+def delays(outbox: Outbox) -> dict[int, int]:
+    return {slot: count for slot, count in enumerate(outbox.send_delay_counts) if count}
+
+
+async def test_each_write_counts_its_delay_since_the_hub_received_the_frame_in_its_bucket(clock):
+    socket = Socket()
+    outbox = Outbox(never_called, limit_bytes=10_000, flow_control=socket)
+    outbox.start()
+    for received_at, written_at in ((100.0, 100.003), (101.0, 101.25), (102.0, 108.0)):
+        outbox.put([b'[{"n":1}]'], 1, received_at)
+        clock.now = written_at
+        await asyncio.sleep(0)
+    assert len(socket.written) == 3
+    # 3 ms is in the bucket up to 5 ms; 0.25 s exactly in the one up to 0.25 s (bounds are inclusive); 6 s past all.
+    assert delays(outbox) == {bucket(0.005): 1, bucket(0.25): 1, bucket(float("inf")): 1}
+    assert outbox.send_delay_seconds == pytest.approx(0.003 + 0.25 + 6.0)
+
+
+async def test_a_merged_write_counts_once_with_its_oldest_upstream_frame_and_statuses_alone_not_at_all(clock):
+    socket = Socket()
+    outbox = Outbox(never_called, limit_bytes=10_000, flow_control=socket)
+    outbox.start()
+    outbox.put([b'[{"ev":"status"}]'])  # the consumer's own: no upstream frame behind it
+    outbox.put([b'[{"n":1}]'], 1, 99.992)
+    outbox.put([b'[{"n":2}]', b'[{"n":3}]'], 2, 99.999)
+    clock.now = 100.0
+    await asyncio.sleep(0)
+    outbox.put([b'[{"ev":"status"}]'])
+    await asyncio.sleep(0)
+    assert len(socket.written) == 2 and outbox.frames_sent == 2
+    assert delays(outbox) == {bucket(0.01): 1}  # the write's oldest upstream frame waited 8 ms
+    assert outbox.send_delay_seconds == pytest.approx(0.008)
+
+
+async def test_frames_held_behind_a_socket_that_does_not_drain_count_the_wait(clock):
+    socket = Socket()
+    outbox = Outbox(never_called, limit_bytes=10_000, flow_control=socket)
+    outbox.start()
+    socket.pause()
+    outbox.put([b'[{"n":1}]'], 1, 100.0)
+    await turns()
+    clock.now = 100.7
+    socket.resume()
+    await turns()
+    assert socket.written == [b'[{"n":1}]']
+    assert delays(outbox) == {bucket(1.0): 1}
+
+
+async def test_the_asgi_path_counts_send_delays_too(clock):
+    sink = AsgiSink()
+    outbox = Outbox(sink.send, limit_bytes=1_000)
+    outbox.start()
+    outbox.put([b'[{"n":1}]'], 1, 99.9996)
+    sink.gate.set()
+    await turns()
+    outbox.stop()
+    assert sink.frames == [b'[{"n":1}]']
+    assert delays(outbox) == {bucket(0.0005): 1}

@@ -39,7 +39,7 @@ class Connection(Applicant):
     def queue(self, frames: list[bytes]) -> None:
         self.frames.extend(frames)
 
-    def deliver(self, frames: list[bytes], events: int = 0) -> None:
+    def deliver(self, frames: list[bytes], events: int = 0, received_at: float = 0.0) -> None:
         self.frames.extend(frames)
 
     def upstream_failed(self, message: str) -> None:

@@ -33,12 +33,14 @@ class Client:
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
+        self.received_at: list[float] = []  # per delivery: when the hub read the upstream frame it came from
         self.failures: list[str] = []
         self.log: list[object] = []
         self._changed = asyncio.Event()
 
-    def deliver(self, frames: list[bytes], events: int = 0) -> None:
+    def deliver(self, frames: list[bytes], events: int = 0, received_at: float = 0.0) -> None:
         self.frames.extend(frames)
+        self.received_at.append(received_at)
         self.log.extend(frames)
         self._notify()
 
@@ -314,6 +316,21 @@ async def test_a_group_taking_every_event_gets_the_upstream_frame_unchanged(hub,
     assert (await whole.received(2))[-1] == only_trades
     assert whole_too.frames[-1] == only_trades
     assert len(narrow.frames) == 1
+
+
+async def test_every_delivery_of_a_frame_carries_the_moment_the_hub_read_it(hub, feed):
+    """Where the send path's delay starts (``cutemarkets_stream_send_delay_seconds``): one clock reading per upstream
+    frame, the same for the frame passed whole, the frames built from its events and the statuses in it."""
+    whole, narrow = Client(), Client()
+    await subscribe(hub, whole, "T.*", "Q.*")
+    await subscribe(hub, narrow, "T.AAPL")
+    session = feed.sessions[0]
+    before = time.monotonic()
+    await session.send(frame(trade("AAPL"), status("error", "something about T.AAPL")))
+    await narrow.received(2)
+    await whole.received(2)
+    received_at = {*whole.received_at, *narrow.received_at}
+    assert len(received_at) == 1 and before < received_at.pop() <= time.monotonic()
 
 
 async def test_a_frame_too_large_to_pass_whole_is_split_into_frames_under_the_limit(hub, feed):
