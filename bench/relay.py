@@ -53,6 +53,7 @@ class Relay:
                 env=env.django_env(UPSTREAM_OPTIONS_URL=upstream.url, UPSTREAM_API_KEY=UPSTREAM_KEY),
                 stdout=log, stderr=subprocess.STDOUT,
             )
+        env.children.append(self.process)
         client = env.redis_client()
         deadline = time.monotonic() + RELAY_READY_SECONDS
         try:

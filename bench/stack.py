@@ -91,6 +91,8 @@ class Environment:
     keys: list[str] = field(default_factory=list)
     stocks_keys: list[str] = field(default_factory=list)
     db_queries: dict[str, int] = field(default_factory=dict)
+    children: list[subprocess.Popen] = field(default_factory=list)
+    """Every upstream and server started: those a failed trial did not stop are stopped by `close`."""
 
     def start(self) -> Environment:
         (self.directory / "redis").mkdir(exist_ok=True)
@@ -155,6 +157,8 @@ class Environment:
             client.close()
 
     def close(self) -> None:
+        for child in self.children:
+            stop_process(child)
         if self.redis is not None:
             self.redis.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -173,6 +177,7 @@ class Upstream:
              "--rate", str(rate), "--stats-file", str(self.stats_file), "--market", market],
             cwd=PROJECT_DIR, stdout=subprocess.DEVNULL,
         )
+        environment.children.append(self.process)
 
     def wait_ready(self) -> None:
         wait_for_port(self.port, self.process)
@@ -254,6 +259,7 @@ class Server:
         self.log_path = environment.directory / f"{self.label}-{self.port}.log"
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, cwd=source, env=env, stdout=log, stderr=subprocess.STDOUT)
+        environment.children.append(self.process)
         upstream.wait_ready()
         wait_for_port(self.port, self.process, self.log_path)
         if kind in ("daphne", "uvicorn"):
