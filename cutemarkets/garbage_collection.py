@@ -7,10 +7,11 @@ collection walked all of them and everything Django and the app loaded at start-
 every customer's stream, for up to 440 ms at a time (bench, admission storm: 13 full collections and 4.0 s in the
 collector in 23 s; BENCHMARKS.md).
 
-Two changes: what start-up made is frozen (moved to the permanent generation the collector never walks; it lives as
-long as the process anyway), and young collections run every ``YOUNG_THRESHOLD`` allocations rather than 700, so
-far fewer collections walk far fewer survivors (BENCHMARKS.md has the storm's figures). 50,000 did no better than
-10,000 and makes each young collection's pause five times longer. Cyclic garbage is still collected; a young generation that large costs a megabyte or two.
+Two changes: what start-up made is frozen (moved to the permanent generation the collector never walks; it lives as long
+as the process anyway), and young collections run every ``YOUNG_THRESHOLD`` allocations rather than 700, so far fewer
+collections walk far fewer survivors (BENCHMARKS.md has the storm's figures). 50,000 did no better than 10,000 and makes
+each young collection's pause five times longer. Cyclic garbage is still collected; a young generation that large costs
+a megabyte or two.
 """
 
 from __future__ import annotations
