@@ -33,17 +33,8 @@ LEASE_TTL = 2.0
 GRACE = 0.5
 TIMEOUT = 10.0
 NAMES = RelayNames(PREFIX, MARKET)
-UNUSED_URL = "ws://127.0.0.1:9/"  # relay mode: the gateway serves the market but never connects to it
 NOT_SILENCE = "missed|lost the Redis subscription"  # seen at once, not after the relay's silence limit
 
-
-@pytest.fixture
-def relay_settings(settings):
-    settings.STREAM_FANOUT = "relay"
-    settings.STREAM_RELAY_PREFIX = PREFIX
-    settings.STREAM_RELAY_REGISTRATION_TTL = 3.0
-    settings.STREAM_UPSTREAMS = {market: {"URL": UNUSED_URL, "API_KEY": ""} for market in ("options", "stocks")}
-    return settings
 
 
 @pytest.fixture

@@ -33,7 +33,6 @@ LEASE_TTL = 2.0
 GRACE = 0.5
 TIMEOUT = 10.0
 HOST = "127.0.0.1"
-UNUSED_URL = "ws://127.0.0.1:9/"  # relay mode: the gateway side serves the market but never connects to it
 TRADE = {"ev": "T", "sym": "AAPL", "p": 1.0, "s": 1, "t": 1, "q": 1}
 READY_ACTIVE = {"status": "ready", "checks": {"redis": "ok", "lease": "held", "upstream": "connected"}, "failed": []}
 READY_STANDBY = {
@@ -63,14 +62,6 @@ class ProbedRelay:
 
 Start = Callable[..., Awaitable[ProbedRelay]]
 
-
-@pytest.fixture
-def relay_settings(settings):
-    settings.STREAM_FANOUT = "relay"
-    settings.STREAM_RELAY_PREFIX = PREFIX
-    settings.STREAM_RELAY_REGISTRATION_TTL = 3.0
-    settings.STREAM_UPSTREAMS = {market: {"URL": UNUSED_URL, "API_KEY": ""} for market in ("options", "stocks")}
-    return settings
 
 
 @pytest.fixture
