@@ -128,8 +128,6 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Attribute(_PROTOCOL, "STATE_CLOSED", "sends after the close are dropped"),
     Attribute(_PROTOCOL, "server", "a socket accepted while the server drains is closed with 1001"),
     # streaming.daphne.flow_control
-    Method(_SERVER, "create_application", ("self", "protocol", "scope"), "patched: flow control", exact=True),
-    Reference(_PROTOCOL, "onConnect", "create_application", "daphne makes a WebSocket's application through it"),
     Attribute(_PROTOCOL, "transport", "flow control is the transport's producer"),
     Attribute(_PROTOCOL, "is_closed", "flow control learns of the connection's end from it"),
     Attribute(_PROTOCOL, "send_queue", "frames autobahn still queues come before a direct write"),
@@ -150,6 +148,15 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Method(_PROTOCOL, "sendPong", ("self", "payload"), "answers a ping once the socket drains"),
     Method(_PROTOCOL, "sendPing", ("self", "payload"), "patched: pings written straight to the socket", exact=True),
     Reference(_PROTOCOL, "_sendAutoPing", "sendPing", "the keep-alive ping goes through it"),
+    # streaming.daphne.receive_queue
+    Method(_SERVER, "create_application", ("self", "protocol", "scope"), "replaced for WebSockets", exact=True),
+    Reference(_PROTOCOL, "onConnect", "create_application", "daphne makes a WebSocket's application through it"),
+    Reference(_SERVER, "create_application", "Queue", "what it makes there, a ReceiveQueue replaces"),
+    Reference(_SERVER, "create_application", "handle_reply", "the application's send, as daphne binds it"),
+    Reference(_SERVER, "create_application", "ensure_future", "the application runs as a task, as daphne runs it"),
+    Reference(_PROTOCOL, "applicationCreateWorked", "put_nowait", "the only way daphne puts into the queue"),
+    Reference(_PROTOCOL, "onMessage", "put_nowait", "the only way daphne puts into the queue"),
+    Reference(_PROTOCOL, "onClose", "put_nowait", "the only way daphne puts into the queue"),
     # streaming.daphne.pings
     Method(_PROTOCOL, "onPing", ("self", "payload"), "patched: the ping budget", exact=True),
     Reference("autobahn.twisted.websocket:WebSocketAdapterProtocol", "_onPing", "onPing", "autobahn's ping callback"),
@@ -158,8 +165,6 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Method(_PROTOCOL, "onMessage", ("self", "payload", "isBinary"), "patched: the inbound budget", exact=True),
     Reference(_PROTOCOL, "onMessage", "application_queue", "daphne queues every message for the application"),
     Reference(_PROTOCOL, "onMessage", "muted", "a muted socket's messages are not queued"),
-    Reference(_SERVER, "create_application", "get", "the application's receive is its input queue's get"),
-    Reference("asyncio.queues:Queue", "get", "get_nowait", "the budget sees each message taken there"),
     Method(
         _PROTOCOL, "sendCloseFrame", ("self", "code", "reasonUtf8", "isReply"), "patched: reads again", exact=True
     ),

@@ -1,10 +1,10 @@
 """Send-side flow control for daphne WebSockets, and a direct way to write text frames and pings to the socket.
 
 daphne writes every ``websocket.send`` straight into the Twisted transport, so a client that stops reading makes the
-server buffer without bound. The patched ``create_application`` puts a ``FlowControl`` in each WebSocket scope's
-extensions, telling the application when the socket is not draining (the gateway's outbox waits for it). The
-patched ``sendPing`` writes daphne's keep-alive pings the same direct way: one per connection every ping interval
-was, through Twisted's buffered write, most of what 10,000 idle connections cost.
+server buffer without bound. The patched ``create_application`` (``streaming.daphne.receive_queue``) puts a
+``FlowControl`` in each WebSocket scope's extensions, telling the application when the socket is not draining (the
+gateway's outbox waits for it). The patched ``sendPing`` writes daphne's keep-alive pings the same direct way: one per
+connection every ping interval was, through Twisted's buffered write, most of what 10,000 idle connections cost.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import asyncio
 import struct
 from collections.abc import Callable
 from typing import Any
-
-from streaming.daphne.inbound import InboundBudget
 
 FLOW_CONTROL_EXTENSION = "cutemarkets.flow_control"
 """Key of the ``FlowControl`` object in ``scope["extensions"]``; absent when the server is not a patched daphne."""
@@ -203,22 +201,3 @@ def patched_send_ping(original: Callable[..., None]) -> Callable[..., None]:
 def get_flow_control(scope: dict[str, Any]) -> FlowControl | None:
     """The connection's ``FlowControl``; None unless the server is a patched daphne (uvicorn, test communicators)."""
     return scope.get("extensions", {}).get(FLOW_CONTROL_EXTENSION)
-
-
-def patched_create_application(original: Callable[..., Any]) -> Callable[..., Any]:
-    def create_application(self: Any, protocol: Any, scope: dict[str, Any]) -> Any:
-        """Add the ``FlowControl`` extension to a WebSocket scope before the application instance is made, and
-        attach the ``InboundBudget`` to the input queue daphne makes for it.
-
-        daphne builds the scope inline in ``WebSocketProtocol.onConnect`` and has no hook for server extensions; this
-        is the one place that sees the protocol (and so its transport), the scope and the application's queue.
-        """
-        if scope["type"] != "websocket":
-            return original(self, protocol, scope)
-        scope.setdefault("extensions", {})[FLOW_CONTROL_EXTENSION] = FlowControl.attach(protocol)
-        queue = original(self, protocol, scope)
-        if queue is not None:
-            InboundBudget.attach(protocol, queue)
-        return queue
-
-    return create_application

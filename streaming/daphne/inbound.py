@@ -1,7 +1,7 @@
 """Receive-side limits for daphne WebSockets: a budget on queued inbound bytes, and oversize messages closed 1009.
 
-daphne's ``onMessage`` puts every message a client sends into the application's input queue, an unbounded
-``asyncio.Queue``: a client sending faster than its consumer handles messages made the gateway hold any amount of
+daphne's ``onMessage`` puts every message a client sends into the application's input queue, which has no
+bound of its own: a client sending faster than its consumer handles messages made the gateway hold any amount of
 memory. Each connection gets an ``InboundBudget`` counting the bytes of messages queued but not yet taken by the
 application's ``receive()``; past ``STREAM_CLIENT_INBOUND_BYTES`` the server stops reading the client's socket
 (TCP back-pressure: the client's sends block, nobody else pays) until the application has taken all but half.
@@ -55,31 +55,18 @@ class InboundBudget:
     def __init__(self, protocol: Any, limit: int) -> None:
         self._protocol = protocol
         self.limit = limit
-        self._sizes: deque[int] = deque()
+        self._sizes: deque[int] | None = None  # a deque only while messages wait (it costs 760 bytes)
         self.queued_bytes = 0
         self.paused = False
 
     @classmethod
-    def attach(cls, protocol: Any, queue: Any) -> InboundBudget:
-        """Count what *protocol*'s ``onMessage`` puts into *queue* (the application's input queue, from daphne's
-        ``create_application``) and what the application takes from it, and set autobahn's message size limit.
-
-        The application's ``receive`` is ``queue.get``, bound before the queue reaches the shim; ``Queue.get``
-        takes each item through ``self.get_nowait()``, so that is where the budget sees it taken.
-        """
+    def attach(cls, protocol: Any) -> InboundBudget:
+        """Count what *protocol*'s ``onMessage`` queues for its application (the ``ReceiveQueue`` tells it what the
+        application takes), and set autobahn's message size limit."""
         budget_limit, max_message = limits()
         budget = cls(protocol, budget_limit)
         protocol.maxMessagePayloadSize = max_message
         protocol.maxFramePayloadSize = max_message
-        take = queue.get_nowait
-
-        def get_nowait() -> Any:
-            message = take()
-            if message.get("type") == "websocket.receive":
-                budget.taken()
-            return message
-
-        queue.get_nowait = get_nowait
         setattr(protocol, _BUDGET_ATTRIBUTE, budget)
         return budget
 
@@ -93,6 +80,8 @@ class InboundBudget:
 
         Only while the socket is open: once a close frame is out, reading goes on so the client's reply arrives.
         """
+        if self._sizes is None:
+            self._sizes = deque()
         self._sizes.append(size)
         self.queued_bytes += size
         if self.queued_bytes > self.limit and not self.paused and self._protocol.state == self._protocol.STATE_OPEN:
@@ -103,7 +92,11 @@ class InboundBudget:
 
     def taken(self) -> None:
         """The application took the oldest queued message; read again once the queue is down to half the limit."""
-        self.queued_bytes -= self._sizes.popleft()
+        sizes = self._sizes
+        assert sizes is not None  # taken only after queued
+        self.queued_bytes -= sizes.popleft()
+        if not sizes:
+            self._sizes = None
         if self.paused and self.queued_bytes <= self.limit // 2:
             self.resume()
 

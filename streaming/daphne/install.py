@@ -1,14 +1,15 @@
 """Installs the project's daphne patches (``install()``, called by ``cutemarkets/asgi.py``).
 
-Each patch lives with the concern it serves: ``close`` (any sendable close code and its reason as a clean close
-frame), ``flow_control`` (send-side flow control and the direct text-frame write), ``inbound`` (the budget on
-queued inbound bytes, and close 1009 for an oversize message), ``lifecycle`` (each connection's timeouts and
-clean-up on its own events instead of daphne's sweeps over all connections), ``shutdown`` (SIGTERM closes every
-WebSocket with 1001 and lets the apps clean up), ``upgrade_filter`` (upgrades from addresses the application drops
-are aborted before daphne builds anything) and ``access_log`` (no query strings; through Python logging). This
-module wires them into daphne's classes, and stops autobahn pretty-printing its configuration for a debug line
-nobody reads on every connection. Before it touches anything, ``compatibility.check()`` makes sure every internal
-these patches rely on is there, with the shape they expect: a process on other versions refuses to start.
+Each patch lives with the concern it serves: ``close`` (any sendable close code and its reason as a clean close frame),
+``flow_control`` (send-side flow control and the direct text-frame write), ``inbound`` (the budget on queued inbound
+bytes, and close 1009 for an oversize message), ``receive_queue`` (a WebSocket application's input queue, without
+daphne's four deques, made with the connection's flow control and inbound budget), ``lifecycle`` (each connection's
+timeouts and clean-up on its own events instead of daphne's sweeps over all connections), ``shutdown`` (SIGTERM closes
+every WebSocket with 1001 and lets the apps clean up), ``upgrade_filter`` (upgrades from addresses the application drops
+are aborted before daphne builds anything) and ``access_log`` (no query strings; through Python logging). This module
+wires them into daphne's classes, and stops autobahn pretty-printing its configuration for a debug line nobody reads on
+every connection. Before it touches anything, ``compatibility.check()`` makes sure every internal these patches rely on
+is there, with the shape they expect: a process on other versions refuses to start.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from streaming.daphne import compatibility
 from streaming.daphne.access_log import patched_write_entry
 from streaming.daphne.close import patched_handle_reply
-from streaming.daphne.flow_control import patched_create_application, patched_send_ping
+from streaming.daphne.flow_control import patched_send_ping
 from streaming.daphne.handshake_deadline import (
     patched_all_headers_received,
     patched_connection_lost,
@@ -41,6 +42,7 @@ from streaming.daphne.lifecycle import (
     patched_sweep,
 )
 from streaming.daphne.pings import patched_on_ping
+from streaming.daphne.receive_queue import patched_create_application
 from streaming.daphne.shutdown import patched_kill_all_applications
 from streaming.daphne.upgrade_filter import patched_process
 

@@ -7,7 +7,6 @@ internal the way a new release could, with ``monkeypatch``, which puts it back a
 
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
 import os
 import socket
@@ -58,8 +57,8 @@ def access_log_that_no_longer_writes_entries(self: Any, protocol: Any, action: A
     """A daphne that writes its access log without ``write_entry``."""
 
 
-async def queue_get_without_get_nowait(self: Any) -> Any:
-    """An asyncio whose ``Queue.get`` takes items some other way."""
+def create_application_without_a_queue(self: Any, protocol: Any, scope: Any) -> None:
+    """A daphne that gives its applications their messages some other way than through a queue it makes."""
 
 
 def frame_begin_without_a_size_check(self: Any, length: int) -> None:
@@ -102,9 +101,9 @@ BREAKAGES: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], str]] = {
         ),
         "daphne.ws_protocol.WebSocketProtocol.send_queue: missing",
     ),
-    "asyncio's Queue.get no longer takes items through get_nowait": (
-        lambda patch: patch.setattr(asyncio.Queue, "get", queue_get_without_get_nowait),
-        "asyncio.queues.Queue.get: no longer uses 'get_nowait'",
+    "daphne no longer makes an input queue in create_application": (
+        lambda patch: patch.setattr(Server, "create_application", create_application_without_a_queue),
+        "daphne.server.Server.create_application: no longer uses 'Queue'",
     ),
     "autobahn checks message sizes elsewhere": (
         lambda patch: patch.setattr(
