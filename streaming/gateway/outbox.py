@@ -85,8 +85,9 @@ class Outbox:
         self.events_queued = 0  # market-data events accepted for the client (the live record's count)
         self.send_delay_counts = [0] * (len(SEND_DELAY_BOUNDS) + 1)
         self.send_delay_seconds = 0.0
-        self._frames: deque[bytes] = deque()
-        self._received: deque[float] = deque()  # beside each queued frame: when the hub received its upstream frame
+        # Each queued frame, with when the hub received its upstream frame: one deque (760 bytes even when empty, and
+        # an idle connection's outbox is empty), not a second one of times beside it.
+        self._frames: deque[tuple[bytes, float]] = deque()
         self._queued_bytes = 0
         self._ready = asyncio.Event() if flow_control is None else None  # the ASGI writer task's wake-up
         self._writer: asyncio.Task | None = None
@@ -110,11 +111,10 @@ class Outbox:
         size = sum(map(len, frames))
         if self._queued_bytes + size > self.limit_bytes:
             return False
-        self._frames.extend(frames)
         if len(frames) == 1:
-            self._received.append(received_at)
+            self._frames.append((frames[0], received_at))
         else:
-            self._received.extend([received_at] * len(frames))
+            self._frames.extend([(frame, received_at) for frame in frames])
         self._queued_bytes += size
         self.events_queued += events
         if self._ready is not None:
@@ -131,7 +131,6 @@ class Outbox:
             self._writer.cancel()
             self._writer = None
         self._frames.clear()
-        self._received.clear()
         self._queued_bytes = 0
 
     def flush(self) -> None:
@@ -179,20 +178,19 @@ class Outbox:
     def _next_frame(self) -> tuple[bytes, float]:
         """The first queued frame, merged with those behind it into one array while it stays under the limit, and
         when the hub received the oldest upstream frame in it (0 if none: only the consumer's own statuses)."""
-        frames, received = self._frames, self._received
-        frame = frames.popleft()
-        received_at = received.popleft()
+        frames = self._frames
+        frame, received_at = frames.popleft()
         size = len(frame)
         taken = size
         if frames and size > 2:
             parts = [frame]
             while frames:
-                following = frames[0]
+                following, later = frames[0]
                 grown = size + len(following) - 1  # one array: drop a "]" and a "[", add a ","
                 if grown >= MAX_FRAME_BYTES or len(following) <= 2:
                     break
-                parts.append(frames.popleft())
-                later = received.popleft()
+                frames.popleft()
+                parts.append(following)
                 received_at = received_at or later
                 taken += len(following)
                 size = grown
