@@ -72,7 +72,7 @@ test-postgres: setup
 	$(BIN)/python -m devstack.postgres_server -- \
 		$(MAKE) --no-print-directory test PYTEST_ARGS="$(POSTGRES_TESTS) $(PYTEST_ARGS)"
 
-# Benchmarks (BENCHMARKS.md): the full run (~25 min) writes bench/results/ and the plot; the quick one takes ~80 s.
+# Benchmarks (BENCHMARKS.md): the full run (~25 min) writes bench/results/ and the plot; the quick one takes ~60 s.
 bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
