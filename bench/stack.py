@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 
 from bench import ceiling
+from devstack.ports import free_port
 from devstack.redis_server import RedisServer
 from streaming.runtime import lock
 
@@ -30,12 +31,6 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 UPSTREAM_KEY = "bench-upstream-key"
 SECRET_KEY = "bench-only-secret-key-not-for-production-0123456789abcdef"
 READY_TIMEOUT_SECONDS = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for_port(port: int, process: subprocess.Popen, log: Path | None = None) -> None:

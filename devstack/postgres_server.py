@@ -14,12 +14,12 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from devstack.ports import free_port
 from devstack.wrapped_command import main
 
 READY_TIMEOUT_SECONDS = 30.0
@@ -47,12 +47,6 @@ def binary_directory() -> Path:
     if initdb is None:
         raise PostgresServerError("PostgreSQL is not installed (apt-get install postgresql).")
     return Path(initdb).resolve().parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class PostgresServer:

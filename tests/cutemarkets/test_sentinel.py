@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from devstack.ports import free_port
 from devstack.redis_server import RedisServer
 from streaming.runtime import lock
-from tests.e2e.processes import free_port
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 MASTER = "gateway-master"

@@ -6,7 +6,6 @@ Each process logs to a file that the suite scans afterwards (no key may ever app
 from __future__ import annotations
 
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -17,32 +16,11 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connection
 
+from devstack.ports import free_port
+
 READY_TIMEOUT_SECONDS = 20.0
 PROJECT_DIR = Path(settings.BASE_DIR)
 LOG_DIR = PROJECT_DIR / "var" / "test-logs"
-
-
-EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
-_handed_out: set[int] = set()  # never the same port twice in one test run, though the first may not be bound yet
-
-
-def free_port() -> int:
-    """A port nothing listens on, for a process started later to bind. Chosen below the kernel's ephemeral range:
-    a port from that range (what ``bind(0)`` hands out) can become the local end of some process's outgoing
-    connection before the child binds it, which then fails with "address already in use"."""
-    lowest_ephemeral = int(EPHEMERAL_PORTS.read_text().split()[0])
-    for _ in range(100):
-        port = random.randrange(max(1024, lowest_ephemeral - 10_000), lowest_ephemeral)
-        if port in _handed_out:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
-    raise RuntimeError("no free port below the ephemeral range")
 
 
 def wait_for_port(port: int, process: subprocess.Popen, timeout: float = READY_TIMEOUT_SECONDS) -> None:

@@ -25,12 +25,13 @@ from django.conf import settings
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
+from devstack.ports import free_port
 from streaming import codes
 from tests.accounts.factories import make_key, make_user
 from tests.deployment import compose
 from tests.e2e import processes
 from tests.e2e.clients import TIMEOUT, bearer, expect_statuses, read_until_closed, rejected
-from tests.e2e.processes import LOG_DIR, PROJECT_DIR, free_port, wait_for_port
+from tests.e2e.processes import LOG_DIR, PROJECT_DIR, wait_for_port
 
 pytestmark = pytest.mark.e2e
 

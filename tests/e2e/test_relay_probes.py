@@ -16,10 +16,11 @@ import sys
 
 import pytest
 
+from devstack.ports import free_port
 from tests.accounts.factories import make_key, make_user
 from tests.deployment import compose
 from tests.e2e.conftest import SIMULATOR_KEY
-from tests.e2e.processes import PROJECT_DIR, free_port
+from tests.e2e.processes import PROJECT_DIR
 from tests.e2e.test_relay import GATEWAY_ENV, MARKET, RELAY_ENV, RelayProcess, wait_until
 from tests.e2e.test_streaming import open_client
 from tests.streaming.relay.probe_client import ProbeResponse, metrics, request, until

@@ -24,6 +24,7 @@ from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet.abstract import FileDescriptor
 
+from devstack.ports import free_port
 from streaming.daphne import compatibility, install
 from streaming.exceptions import IncompatibleServer
 
@@ -178,9 +179,7 @@ CommandLineInterface.entrypoint()
 
 @pytest.mark.e2e
 def test_daphne_refuses_to_serve_the_gateway_on_an_incompatible_autobahn(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     stderr_path = tmp_path / "daphne.stderr"
     started = time.monotonic()
     with open(stderr_path, "wb") as stderr_file:

@@ -21,6 +21,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from devstack.ports import free_port
 from streaming.codes import CloseCode
 from streaming.daphne import close, flow_control, install
 
@@ -57,9 +58,7 @@ class Daphne:
     def __init__(
         self, log_dir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = (), app: str = APP
     ) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.stderr_path = log_dir / f"daphne-{self.port}.stderr"
         with open(self.stderr_path, "wb") as stderr:
             self.process = subprocess.Popen(

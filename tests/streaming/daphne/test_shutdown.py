@@ -20,6 +20,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from devstack.ports import free_port
 from streaming.codes import CloseCode
 from streaming.daphne import close, shutdown
 
@@ -59,9 +60,7 @@ class DaphneProcess:
     """daphne serving shutdown_app on a free loopback port, Django-free unless the app is given a timeout."""
 
     def __init__(self, directory: Path, drain_seconds: float | None = None) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.record_path = directory / "record.jsonl"
         self.accept_flag = directory / "accept"
         self.stderr_path = directory / "daphne.stderr"

@@ -14,6 +14,7 @@ import orjson
 import pytest
 import redis.asyncio
 
+from devstack.ports import free_port
 from streaming.conf import Upstream
 from streaming.relay.leader import FeedRelay
 from streaming.relay.metrics import relay_registry
@@ -22,7 +23,6 @@ from streaming.relay.source import RelaySource
 from streaming.relay.wire import RelayNames
 from streaming.runtime.redis_client import redis_client
 from streaming.simulator import FeedSimulator
-from tests.e2e.processes import free_port
 from tests.streaming.relay.probe_client import ProbeResponse, metrics, parse_response, request, until
 
 KEY = "relay-probe-test-key"
