@@ -162,9 +162,6 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Reference("autobahn.twisted.websocket:WebSocketAdapterProtocol", "_onPing", "onPing", "autobahn's ping callback"),
     Reference(_PROTOCOL, "processControlFrame", "_onPing", "autobahn hands every ping to it"),
     # streaming.daphne.inbound
-    Method(_PROTOCOL, "onMessage", ("self", "payload", "isBinary"), "patched: the inbound budget", exact=True),
-    Reference(_PROTOCOL, "onMessage", "application_queue", "daphne queues every message for the application"),
-    Reference(_PROTOCOL, "onMessage", "muted", "a muted socket's messages are not queued"),
     Method(
         _PROTOCOL, "sendCloseFrame", ("self", "code", "reasonUtf8", "isReply"), "patched: reads again", exact=True
     ),

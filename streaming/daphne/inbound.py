@@ -1,23 +1,23 @@
 """Receive-side limits for daphne WebSockets: a budget on queued inbound bytes, and oversize messages closed 1009.
 
-daphne's ``onMessage`` puts every message a client sends into the application's input queue, which has no
-bound of its own: a client sending faster than its consumer handles messages made the gateway hold any amount of
-memory. Each connection gets an ``InboundBudget`` counting the bytes of messages queued but not yet taken by the
-application's ``receive()``; past ``STREAM_CLIENT_INBOUND_BYTES`` the server stops reading the client's socket
-(TCP back-pressure: the client's sends block, nobody else pays) until the application has taken all but half.
+daphne's ``onMessage`` puts every message a client sends into the application's input queue, which has no bound of its
+own: a client sending faster than its consumer handles messages made the gateway hold any amount of memory. Each
+connection gets an ``InboundBudget`` counting the bytes of messages queued but not yet taken by the application's
+``receive()`` (its ``ReceiveQueue`` reports both, ``streaming.daphne.receive_queue``); past
+``STREAM_CLIENT_INBOUND_BYTES`` the server stops reading the client's socket (TCP back-pressure: the client's sends
+block, nobody else pays) until the application has taken all but half.
 
-autobahn fails a message over its size limit by dropping TCP (the client sees 1006, and learns nothing). With the
-limit at ``STREAM_CLIENT_MAX_MESSAGE_BYTES``, such a message now gets an ``error`` status and close 1009 with a
-reason; autobahn discards the rest of it while the close handshake completes.
+autobahn fails a message over its size limit by dropping TCP (the client sees 1006, and learns nothing). With the limit
+at ``STREAM_CLIENT_MAX_MESSAGE_BYTES``, such a message now gets an ``error`` status and close 1009 with a reason;
+autobahn discards the rest of it while the close handshake completes.
 
 While reading is paused the client's pongs wait unread behind its messages, so daphne's keep-alive (a ping every
-``--ping-interval``, the connection dropped when no pong comes within ``--ping-timeout``) would drop a live client
-for its consumer's slowness: a paused connection is not pinged, and a ping already out stops counting.
+``--ping-interval``, the connection dropped when no pong comes within ``--ping-timeout``) would drop a live client for
+its consumer's slowness: a paused connection is not pinged, and a ping already out stops counting.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -47,22 +47,19 @@ def limits() -> tuple[int, int]:
 class InboundBudget:
     """The bytes of one connection's received messages that the application has not yet taken, and the pause.
 
-    Sizes are the messages' payload lengths on the wire, remembered in arrival order: the input queue is FIFO, so
-    each ``websocket.receive`` the application takes is the oldest one counted. All methods run on daphne's event
-    loop.
+    Sizes are the messages' payload lengths on the wire. All methods run on daphne's event loop.
     """
 
     def __init__(self, protocol: Any, limit: int) -> None:
         self._protocol = protocol
         self.limit = limit
-        self._sizes: deque[int] | None = None  # a deque only while messages wait (it costs 760 bytes)
         self.queued_bytes = 0
         self.paused = False
 
     @classmethod
     def attach(cls, protocol: Any) -> InboundBudget:
-        """Count what *protocol*'s ``onMessage`` queues for its application (the ``ReceiveQueue`` tells it what the
-        application takes), and set autobahn's message size limit."""
+        """Count what *protocol*'s application has yet to take (its ``ReceiveQueue`` reports each message in and
+        out), and set autobahn's message size limit."""
         budget_limit, max_message = limits()
         budget = cls(protocol, budget_limit)
         protocol.maxMessagePayloadSize = max_message
@@ -80,9 +77,6 @@ class InboundBudget:
 
         Only while the socket is open: once a close frame is out, reading goes on so the client's reply arrives.
         """
-        if self._sizes is None:
-            self._sizes = deque()
-        self._sizes.append(size)
         self.queued_bytes += size
         if self.queued_bytes > self.limit and not self.paused and self._protocol.state == self._protocol.STATE_OPEN:
             self.paused = True
@@ -90,13 +84,9 @@ class InboundBudget:
             self._protocol.transport.pauseProducing()
             self._forget_keep_alive_ping()
 
-    def taken(self) -> None:
-        """The application took the oldest queued message; read again once the queue is down to half the limit."""
-        sizes = self._sizes
-        assert sizes is not None  # taken only after queued
-        self.queued_bytes -= sizes.popleft()
-        if not sizes:
-            self._sizes = None
+    def taken(self, size: int) -> None:
+        """The application took a message of *size* bytes; read again once the queue is down to half the limit."""
+        self.queued_bytes -= size
         if self.paused and self.queued_bytes <= self.limit // 2:
             self.resume()
 
@@ -126,17 +116,6 @@ def patched_send_auto_ping(original: Callable[..., None]) -> Callable[..., None]
             original(self)
 
     return _sendAutoPing
-
-
-def patched_on_message(original: Callable[..., None]) -> Callable[..., None]:
-    def onMessage(self: Any, payload: bytes, isBinary: bool) -> None:
-        """Count the message into the connection's ``InboundBudget`` as daphne queues it (it drops it if muted)."""
-        budget = InboundBudget.of(self)
-        original(self, payload, isBinary)
-        if budget is not None and not self.muted:
-            budget.queued(len(payload))
-
-    return onMessage
 
 
 def patched_send_close_frame(original: Callable[..., None]) -> Callable[..., None]:

@@ -31,7 +31,6 @@ from streaming.daphne.handshake_deadline import (
 )
 from streaming.daphne.inbound import (
     patched_max_message_size_exceeded,
-    patched_on_message,
     patched_send_auto_ping,
     patched_send_close_frame,
 )
@@ -80,7 +79,6 @@ def install() -> bool:
     _patch(AccessLogGenerator, "write_entry", patched_write_entry)
     _patch(WebSocketProtocol, "onPing", patched_on_ping)
     _patch(WebSocketProtocol, "sendPing", patched_send_ping)
-    _patch(WebSocketProtocol, "onMessage", patched_on_message)
     _patch(WebSocketProtocol, "sendCloseFrame", patched_send_close_frame)
     _patch(WebSocketProtocol, "_max_message_size_exceeded", patched_max_message_size_exceeded)
     _patch(WebSocketProtocol, "_sendAutoPing", patched_send_auto_ping)

@@ -3,8 +3,8 @@
 daphne gives every connection an ``asyncio.Queue``: four deques (its items, its getters, its putters and the waiters
 of its ``join()`` event), about 3 KB per connection, for a queue with one writer (the protocol), one reader (the
 application) and, most of the time, nothing in it: a tenth of an idle connection's memory. ``ReceiveQueue`` keeps
-its messages in a deque only while some wait, and at most one waiter; it tells the connection's ``InboundBudget``
-of each client message the application takes.
+its messages in a deque only while some wait, and at most one waiter; it reports each client message that goes in
+and comes out to the connection's ``InboundBudget`` (daphne puts only what an unmuted socket received).
 
 daphne makes the queue inline in ``Server.create_application``, which has no hook for another queue (or for server
 extensions): for WebSockets the patch below does what daphne's does, with this queue, the ``FlowControl`` extension
@@ -25,13 +25,21 @@ from streaming.daphne.inbound import InboundBudget
 Message = dict[str, Any]
 
 
+def wire_size(message: Message) -> int:
+    """The payload bytes a ``websocket.receive`` came in (daphne decoded a text frame's UTF-8 into ``text``)."""
+    if message.get("bytes") is not None:
+        return len(message["bytes"])
+    text: str = message.get("text") or ""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 class ReceiveQueue:
     """FIFO of ASGI messages for one reader; ``put_nowait`` never blocks (the ``InboundBudget`` bounds it)."""
 
     __slots__ = ("_messages", "_waiter", "_budget")
 
     def __init__(self, budget: InboundBudget | None = None) -> None:
-        self._messages: deque[Message] | None = None
+        self._messages: deque[tuple[Message, int]] | None = None  # each with its wire size (0: not a client's)
         self._waiter: asyncio.Future[None] | None = None
         self._budget = budget
 
@@ -39,9 +47,13 @@ class ReceiveQueue:
         return len(self._messages) if self._messages is not None else 0
 
     def put_nowait(self, message: Message) -> None:
+        size = 0
+        if self._budget is not None and message["type"] == "websocket.receive":
+            size = wire_size(message)
+            self._budget.queued(size)
         if self._messages is None:
             self._messages = deque()
-        self._messages.append(message)
+        self._messages.append((message, size))
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -58,11 +70,11 @@ class ReceiveQueue:
                 if self._waiter is waiter:  # cancelled, not woken
                     self._waiter = None
         messages = self._messages
-        message = messages.popleft()
+        message, size = messages.popleft()
         if not messages:
             self._messages = None
-        if self._budget is not None and message.get("type") == "websocket.receive":
-            self._budget.taken()
+        if size and self._budget is not None:
+            self._budget.taken(size)
         return message
 
 

@@ -202,7 +202,7 @@ def _buffered_bytes(flow: flow_control.FlowControl) -> int:
 def _input_queue(protocol: Any) -> dict[str, Any]:
     """What the application's input queue (the shim's ``ReceiveQueue``) holds now, counted item by item, and
     whether the inbound budget has stopped reading the client."""
-    items = list(protocol.application_queue._messages or ())
+    items = [message for message, _ in protocol.application_queue._messages or ()]
     received = [item for item in items if item["type"] == "websocket.receive"]
     return {
         "queue_bytes": sum(len(item.get("bytes") or item.get("text", "").encode()) for item in received),

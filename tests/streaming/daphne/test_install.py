@@ -37,7 +37,6 @@ PATCHED = (
     (Server, "create_application"),
     (Server, "kill_all_applications"),
     (AccessLogGenerator, "write_entry"),
-    (WebSocketProtocol, "onMessage"),
     (WebSocketProtocol, "sendCloseFrame"),
     (WebSocketProtocol, "_max_message_size_exceeded"),
     (WebSocketProtocol, "_sendAutoPing"),

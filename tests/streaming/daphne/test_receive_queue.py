@@ -10,7 +10,7 @@ import tracemalloc
 import pytest
 
 from streaming.daphne.inbound import InboundBudget
-from streaming.daphne.receive_queue import ReceiveQueue
+from streaming.daphne.receive_queue import ReceiveQueue, wire_size
 
 CONNECT = {"type": "websocket.connect"}
 DISCONNECT = {"type": "websocket.disconnect", "code": 1000}
@@ -80,13 +80,13 @@ async def test_a_second_reader_waiting_at_once_is_refused() -> None:
     assert await reader == CONNECT
 
 
-async def test_the_inbound_budget_is_told_of_each_client_message_taken_and_of_nothing_else() -> None:
+async def test_the_inbound_budget_counts_each_client_message_in_and_out_and_nothing_else() -> None:
     budget = InboundBudget(Protocol(), limit=1024)
     queue = ReceiveQueue(budget)
     queue.put_nowait(CONNECT)
-    for text in ("12345", "123"):
-        queue.put_nowait(received(text))
-        budget.queued(len(text))  # as the patched onMessage counts it
+    assert budget.queued_bytes == 0
+    queue.put_nowait(received("12345"))
+    queue.put_nowait({"type": "websocket.receive", "bytes": b"123"})
     queue.put_nowait(DISCONNECT)
     assert budget.queued_bytes == 8
     await queue.get()  # the connect
@@ -97,6 +97,13 @@ async def test_the_inbound_budget_is_told_of_each_client_message_taken_and_of_no
     assert budget.queued_bytes == 0
     await queue.get()  # the disconnect
     assert budget.queued_bytes == 0
+
+
+def test_a_text_message_counts_the_utf8_bytes_it_came_in_not_its_characters() -> None:
+    assert wire_size(received("subscribe")) == 9
+    assert wire_size(received("€ and ü")) == len("€ and ü".encode()) == 10
+    assert wire_size({"type": "websocket.receive", "bytes": b"\x00\x01"}) == 2
+    assert wire_size(received("")) == 0
 
 
 async def test_idle_queues_and_budgets_hold_no_buffers() -> None:
@@ -110,7 +117,6 @@ async def test_idle_queues_and_budgets_hold_no_buffers() -> None:
             budget = InboundBudget(Protocol(), limit=1024)
             queue = ReceiveQueue(budget)
             queue.put_nowait(received("subscribe"))
-            budget.queued(9)
             await queue.get()
             pairs.append((queue, budget))
         grown = sum(stat.size_diff for stat in tracemalloc.take_snapshot().compare_to(before, "filename"))
