@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -235,40 +234,6 @@ def test_text_frame_header_encodes_the_three_lengths() -> None:
     assert flow_control.text_frame_header(126) == b"\x81\x7e\x00\x7e"
     assert flow_control.text_frame_header(65535) == b"\x81\x7e\xff\xff"
     assert flow_control.text_frame_header(65536) == b"\x81\x7f" + (65536).to_bytes(8, "big")
-
-
-class StandInProtocol:
-    """A protocol without a transport: ``FlowControl`` is driven by calling its producer methods, as Twisted does."""
-
-    transport = None
-
-
-async def test_every_waiter_for_the_drain_is_woken_and_a_cancelled_one_is_forgotten() -> None:
-    flow = flow_control.FlowControl(StandInProtocol())
-    await flow.wait_writable()  # not paused: at once
-    flow.pauseProducing()
-    assert not flow.is_writable()
-    first, second, cancelled = (asyncio.ensure_future(flow.wait_writable()) for _ in range(3))
-    await asyncio.sleep(0)  # one turn: all three wait
-    cancelled.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await cancelled
-    assert not first.done() and not second.done()
-    flow.resumeProducing()
-    await asyncio.gather(first, second)
-    assert flow.is_writable()
-
-
-async def test_closing_wakes_the_waiters_and_leaves_the_socket_unwritable() -> None:
-    flow = flow_control.FlowControl(StandInProtocol())
-    flow.pauseProducing()
-    waiter = asyncio.ensure_future(flow.wait_writable())
-    await asyncio.sleep(0)
-    flow.stopProducing()
-    await waiter
-    assert flow.is_closed() and not flow.is_writable()
-    flow.pauseProducing()  # a late pause of a closed connection changes nothing
-    await flow.wait_writable()
 
 
 def open_non_reading_client(daphne: Daphne, path: str) -> socket.socket:
